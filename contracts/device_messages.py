@@ -1,0 +1,82 @@
+"""Payloads a device publishes (and the gateway's replies), as the gateway validates them.
+
+Times are device-clock unix seconds (``ts``). Event ids are made on the device (32 hex chars from
+``os.urandom``) and stay stable across retries, so the gateway deduplicates by them.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from contracts.money import Currency, PositiveAmount
+from contracts.orders import DispenseOutcome
+
+MAX_PAYLOAD_BYTES = 4096
+
+EventId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+SlotCode = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^[A-Z0-9]+$")]
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Presence(_Msg):
+    """Retained on ``status/presence``. The broker publishes ``{"online": false}`` as last will."""
+
+    online: StrictBool
+    fw: str | None = None
+    boot: StrictInt | None = None  # boot counter, grows at every power-up
+    ts: StrictInt | None = None
+
+
+class Health(_Msg):
+    fw: str
+    uptime_s: Annotated[StrictInt, Field(ge=0)]
+    heap_free: Annotated[StrictInt, Field(ge=0)]
+    temp_c: float | None = None
+    door_open: StrictBool = False
+    rssi: StrictInt | None = None
+    dropped: Annotated[StrictInt, Field(ge=0)] = 0  # telemetry messages dropped from the queue
+    ts: StrictInt
+
+
+class Inventory(_Msg):
+    """Units the device believes are in each slot (from its own vend counters / sensors)."""
+
+    slots: dict[SlotCode, Annotated[StrictInt, Field(ge=0, le=1000)]]
+    ts: StrictInt
+
+
+class DispenseResult(_Msg):
+    """Outcome of one dispense command; ``id`` equals the command's ``cmd_id``."""
+
+    id: EventId
+    cmd_id: EventId
+    order_id: str
+    item_id: str
+    slot: SlotCode
+    result: DispenseOutcome
+    reason: str | None = None
+    ts: StrictInt
+
+
+class CashCredit(_Msg):
+    """Money inserted into the coin/bill acceptor, reported once per credit (retried until acked)."""
+
+    id: EventId
+    amount: PositiveAmount
+    currency: Currency = "INR"
+    ts: StrictInt
+
+
+class DeviceLog(_Msg):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    msg: Annotated[str, Field(max_length=1024)]
+    ts: StrictInt | None = None
+
+
+class Acks(_Msg):
+    """Gateway -> device on ``acks``: these event ids are persisted and need no resending."""
+
+    ids: list[EventId]

@@ -1,0 +1,36 @@
+"""What the sync client needs from the gateway's store (implemented by ``edge.store``).
+
+Every method persists before it returns, so the sync client may acknowledge to the cloud (channel
+messages) or forget (outbox events) only after the call has completed.
+"""
+
+from typing import Protocol
+
+from contracts.sync import OutboxEvent, PaymentUpdate, StateResponse
+
+
+class SyncStore(Protocol):
+    async def outbox_pending(self, limit: int) -> list[OutboxEvent]:
+        """Oldest unsent outbox events (seq ascending), at most ``limit``."""
+        ...
+
+    async def outbox_acknowledged(self, ack_seq: int) -> None:
+        """The cloud durably holds every event with ``seq <= ack_seq``; mark them sent."""
+        ...
+
+    async def outbox_backlog(self) -> int:
+        """How many events are waiting to be sent (for health and metrics)."""
+        ...
+
+    async def state_cursor(self) -> int:
+        """Cursor of the last state pull applied (0 before the first)."""
+        ...
+
+    async def apply_state(self, state: StateResponse) -> None:
+        """Upsert machines, credentials and catalog from a pull, then store ``state.cursor``."""
+        ...
+
+    async def apply_payment_update(self, message_id: str, update: PaymentUpdate) -> None:
+        """Record a payment confirmation (idempotent by ``message_id`` and ``payment_id``) and move
+        the order on; the vend engine is woken by the store's change notification."""
+        ...

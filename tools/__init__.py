@@ -1,0 +1,1 @@
+"""Developer and test tools: virtual ESP32, fleet simulator, service checks, benchmarks."""
