@@ -6,7 +6,13 @@ messages) or forget (outbox events) only after the call has completed.
 
 from typing import Protocol
 
-from contracts.sync import OutboxEvent, PaymentUpdate, StateResponse
+from contracts.sync import (
+    OutboxEvent,
+    PaymentCreate,
+    PaymentIntent,
+    PaymentUpdate,
+    StateResponse,
+)
 
 
 class SyncStore(Protocol):
@@ -33,4 +39,16 @@ class SyncStore(Protocol):
     async def apply_payment_update(self, message_id: str, update: PaymentUpdate) -> None:
         """Record a payment confirmation (idempotent by ``message_id`` and ``payment_id``) and move
         the order on; the vend engine is woken by the store's change notification."""
+        ...
+
+    async def wait_outbox(self, timeout: float) -> None:
+        """Return when new outbox events may be waiting, or after ``timeout`` seconds."""
+        ...
+
+
+class PaymentsPort(Protocol):
+    """How the vend engine asks the cloud for a payment (implemented by ``CloudLink``)."""
+
+    async def create_payment(self, request: PaymentCreate) -> PaymentIntent:
+        """Raises ``edge.errors.CloudUnavailable`` or ``edge.errors.CloudRejected``."""
         ...
