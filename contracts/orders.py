@@ -1,4 +1,4 @@
-"""Order and dispense states shared by the gateway (which owns them) and the cloud (which mirrors)."""
+"""Order and dispense states: owned by the gateway, mirrored by the cloud."""
 
 from enum import StrEnum
 

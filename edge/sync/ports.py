@@ -41,8 +41,8 @@ class SyncStore(Protocol):
         the order on; the vend engine is woken by the store's change notification."""
         ...
 
-    async def wait_outbox(self, timeout: float) -> None:
-        """Return when new outbox events may be waiting, or after ``timeout`` seconds."""
+    async def wait_outbox(self, max_wait: float) -> None:
+        """Return when new outbox events may be waiting, or after ``max_wait`` seconds."""
         ...
 
 
