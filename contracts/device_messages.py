@@ -62,7 +62,7 @@ class DispenseResult(_Msg):
 
 
 class CashCredit(_Msg):
-    """Money inserted into the coin or bill acceptor; reported once per credit, retried until acked."""
+    """Money put into the coin or bill acceptor; sent once per credit, retried until acked."""
 
     id: EventId
     amount: PositiveAmount
