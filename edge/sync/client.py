@@ -1,0 +1,327 @@
+"""``CloudLink``: the gateway's one connection to the cloud.
+
+It enrols once (one-time token, key made here, CSR signed by the cloud CA), then talks to the
+cloud's mTLS listener only: it pushes outbox events and forgets them when acknowledged, pulls
+versioned state by cursor, keeps a WebSocket channel open for payment confirmations, and creates
+payments for the vend engine. Losing the cloud never stops the site: each loop backs off and tries
+again, and the outbox keeps every money event until the cloud has stored it.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from contracts.sync import (
+    SYNC_PREFIX,
+    ChannelAck,
+    ChannelMessage,
+    EnrollRequest,
+    EnrollResponse,
+    PaymentCreate,
+    PaymentIntent,
+    PaymentUpdate,
+    PushAck,
+    PushBatch,
+    StateResponse,
+)
+from edge.errors import CloudRejected, CloudUnavailable, GatewayError, NotEnrolled
+from edge.sync.backoff import Backoff
+from edge.sync.identity import Enrollment, Identity
+from edge.sync.ports import SyncStore
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+REQUEST_TIMEOUT_S = 15.0
+CHANNEL_HEARTBEAT_S = 20.0
+
+
+class SyncSettings(Protocol):
+    """The part of ``GatewaySettings`` the cloud link reads."""
+
+    cloud_url: str | None
+    enroll_token: SecretStr | None
+    gateway_name: str
+    data_dir: Path
+    sync_pull_interval_s: float
+    sync_push_batch: int
+    sync_backoff_max_s: float
+
+
+class CloudLink:
+    def __init__(self, settings: SyncSettings, store: SyncStore) -> None:
+        if not settings.cloud_url:
+            raise NotEnrolled("CloudLink needs settings.cloud_url")
+        self._settings = settings
+        self._cloud_url = settings.cloud_url.rstrip("/")
+        self._store = store
+        self._identity = Identity(Path(settings.data_dir) / "cloud")
+        self._session: aiohttp.ClientSession | None = None
+        self._enrollment: Enrollment | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._pull_now = asyncio.Event()
+        self._state: dict[str, Any] = {
+            "configured": True,
+            "enrolled": False,
+            "gateway_id": None,
+            "channel_connected": False,
+            "last_push_at": None,
+            "last_pull_at": None,
+            "last_error": None,
+            "pushed_events": 0,
+        }
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "CloudLink":
+        self._runner = asyncio.create_task(self._run(), name="cloud-link")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def status(self) -> dict[str, object]:
+        return dict(self._state)
+
+    def request_pull(self) -> None:
+        self._pull_now.set()
+
+    async def _run(self) -> None:
+        self._enrollment = await self._enrol_until_done()
+        self._state.update(enrolled=True, gateway_id=self._enrollment.gateway_id)
+        connector = aiohttp.TCPConnector(ssl=self._identity.ssl_context())
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._keep_running(self._push_loop), name="cloud-push")
+            tg.create_task(self._keep_running(self._pull_loop), name="cloud-pull")
+            tg.create_task(self._keep_running(self._channel_loop), name="cloud-channel")
+
+    async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """A bug in one loop must not end the others (or vending): log it, back off, go on."""
+        backoff = Backoff(1.0, self._settings.sync_backoff_max_s)
+        while True:
+            try:
+                await loop()
+            except Exception as exc:
+                log.exception("cloud link loop %s failed", loop.__name__)
+                self._state["last_error"] = f"{loop.__name__}: {exc!r}"
+            await asyncio.sleep(backoff.next())
+
+    # --- enrolment -------------------------------------------------------------------------
+
+    async def _enrol_until_done(self) -> Enrollment:
+        existing = self._identity.enrollment()
+        if existing is not None:
+            return existing
+        token = self._settings.enroll_token
+        if token is None:
+            self._state["last_error"] = "not enrolled and no enrolment token configured"
+            log.error("cloud link idle: %s", self._state["last_error"])
+            await asyncio.Event().wait()  # cash vending goes on; nothing to sync with
+        assert token is not None
+        backoff = Backoff(0.5, self._settings.sync_backoff_max_s)
+        while True:
+            try:
+                return await self._enrol(token.get_secret_value())
+            except CloudUnavailable as exc:
+                self._note_error(f"enrolment: {exc}")
+                await asyncio.sleep(backoff.next())
+            except CloudRejected as exc:
+                # A used or expired token will not start working: say so and stay idle.
+                self._note_error(f"enrolment refused: {exc}")
+                await asyncio.Event().wait()
+
+    async def _enrol(self, token: str) -> Enrollment:
+        csr = self._identity.make_csr(self._settings.gateway_name)
+        request = EnrollRequest(token=token, csr_pem=csr, name=self._settings.gateway_name)
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        ) as session:
+            response = await _call(
+                session,
+                "POST",
+                f"{self._cloud_url}/api/v1/gateways/enroll",
+                request,
+                EnrollResponse,
+            )
+        enrollment = Enrollment(
+            gateway_id=response.gateway_id,
+            site_id=response.site_id,
+            tenant_id=response.tenant_id,
+            sync_url=response.sync_url.rstrip("/"),
+        )
+        self._identity.save(enrollment, response.certificate_pem, response.ca_pem)
+        log.info("enrolled as gateway %s of site %s", enrollment.gateway_id, enrollment.site_id)
+        return enrollment
+
+    # --- loops -----------------------------------------------------------------------------
+
+    async def _push_loop(self) -> None:
+        backoff = Backoff(0.2, self._settings.sync_backoff_max_s)
+        while True:
+            events = await self._store.outbox_pending(self._settings.sync_push_batch)
+            if not events:
+                await self._store.wait_outbox(max_wait=self._settings.sync_pull_interval_s)
+                continue
+            try:
+                ack = await self._sync_call("POST", "/events", PushBatch(events=events), PushAck)
+            except (CloudUnavailable, CloudRejected) as exc:
+                # A rejected batch is not skipped: money events are never dropped. It stays at
+                # the head of the outbox and shows in /health until someone fixes the cause.
+                self._note_error(f"push: {exc}")
+                await asyncio.sleep(backoff.next())
+                continue
+            await self._store.outbox_acknowledged(ack.ack_seq)
+            backoff.reset()
+            self._state["pushed_events"] += ack.accepted
+            self._state["last_push_at"] = time.time()
+
+    async def _pull_loop(self) -> None:
+        backoff = Backoff(0.2, self._settings.sync_backoff_max_s)
+        while True:
+            try:
+                cursor = await self._store.state_cursor()
+                state = await self._sync_call("GET", f"/state?cursor={cursor}", None, StateResponse)
+                if state.machines or state.cursor != cursor:
+                    await self._store.apply_state(state)
+                self._state["last_pull_at"] = time.time()
+                backoff.reset()
+                delay = self._settings.sync_pull_interval_s
+            except (CloudUnavailable, CloudRejected) as exc:
+                self._note_error(f"pull: {exc}")
+                delay = backoff.next()
+            self._pull_now.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._pull_now.wait()
+
+    async def _channel_loop(self) -> None:
+        backoff = Backoff(0.2, self._settings.sync_backoff_max_s)
+        assert self._enrollment is not None
+        url = f"{self._enrollment.sync_url}{SYNC_PREFIX}/channel"
+        while True:
+            try:
+                await self._channel_session(url, backoff)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self._note_error(f"channel: {exc!r}")
+            finally:
+                self._state["channel_connected"] = False
+            await asyncio.sleep(backoff.next())
+
+    async def _channel_session(self, url: str, backoff: Backoff) -> None:
+        session = self._require_session()
+        async with session.ws_connect(url, heartbeat=CHANNEL_HEARTBEAT_S) as ws:
+            self._state["channel_connected"] = True
+            backoff.reset()
+            self._pull_now.set()  # anything may have changed while we were away
+            async for frame in ws:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    if frame.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                        return
+                    continue
+                try:
+                    message = ChannelMessage.model_validate_json(frame.data)
+                except ValidationError:
+                    log.warning("ignoring malformed channel frame (%d bytes)", len(frame.data))
+                    continue
+                try:
+                    await self._handle(message)
+                except (ValidationError, GatewayError) as exc:
+                    # Not acked: the cloud sends it again on the next connection, by which
+                    # time the state it needs (e.g. the order) may have arrived.
+                    log.warning("channel message %s not applied: %s", message.id, exc)
+                    continue
+                await ws.send_str(ChannelAck(id=message.id).model_dump_json())
+
+    async def _handle(self, message: ChannelMessage) -> None:
+        if message.type == "payment.update":
+            update = PaymentUpdate.model_validate(message.payload)
+            await self._store.apply_payment_update(message.id, update)
+        elif message.type == "state.changed":
+            self._pull_now.set()
+
+    # --- requests --------------------------------------------------------------------------
+
+    async def create_payment(self, request: PaymentCreate) -> PaymentIntent:
+        if self._session is None or self._enrollment is None:
+            raise CloudUnavailable("not connected to the cloud yet")
+        return await self._sync_call("POST", "/payments", request, PaymentIntent)
+
+    async def _sync_call(self, method: str, path: str, body: BaseModel | None, model: type[M]) -> M:
+        assert self._enrollment is not None
+        url = f"{self._enrollment.sync_url}{SYNC_PREFIX}{path}"
+        return await _call(self._require_session(), method, url, body, model)
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise CloudUnavailable("cloud session not open")
+        return self._session
+
+    def _note_error(self, text: str) -> None:
+        if self._state["last_error"] != text:
+            log.warning("cloud link: %s", text)
+        self._state["last_error"] = text
+
+
+async def _call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: BaseModel | None,
+    model: type[M],
+) -> M:
+    """One request to the cloud, its envelope unwrapped into ``model``."""
+    payload = None if body is None else body.model_dump(mode="json")
+    try:
+        async with session.request(method, url, json=payload) as response:
+            text = await response.text()
+            status = response.status
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise CloudUnavailable(f"{method} {url}: {exc!r}") from exc
+    envelope = _decode(text)
+    if status >= 500:
+        raise CloudUnavailable(f"{method} {url}: HTTP {status} {_error_text(envelope)}")
+    if status >= 400:
+        raise CloudRejected(f"{method} {url}: HTTP {status} {_error_text(envelope)}")
+    try:
+        return model.model_validate(envelope.get("data"))
+    except ValidationError as exc:
+        raise CloudRejected(f"{method} {url}: unexpected response: {exc}") from exc
+
+
+def _decode(text: str) -> Mapping[str, Any]:
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def _error_text(envelope: Mapping[str, Any]) -> str:
+    error = envelope.get("error")
+    if isinstance(error, dict):
+        return f"{error.get('code')}: {error.get('message')}"
+    return ""
