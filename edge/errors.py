@@ -15,3 +15,47 @@ class CloudRejected(GatewayError):
 
 class NotEnrolled(GatewayError):
     """The gateway has no client certificate yet and no enrolment token to get one."""
+
+
+class StoreError(GatewayError):
+    """The gateway's database could not do what was asked (disk full, corrupt, closed)."""
+
+
+class OrderError(GatewayError):
+    """An order request cannot be honoured; subclasses map to HTTP status codes."""
+
+
+class MachineNotFound(OrderError):
+    """No active machine with that id at this site."""
+
+
+class OrderNotFound(OrderError):
+    """No order with that id."""
+
+
+class CatalogItemNotFound(OrderError):
+    """An ordered item is not in the machine's active catalog."""
+
+
+class InsufficientStock(OrderError):
+    """Fewer units are available than ordered."""
+
+
+class OrderConflict(OrderError):
+    """The order is not in a state that allows the request (e.g. cancel after payment)."""
+
+
+class IdempotencyConflict(OrderError):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+class PaymentUnavailable(OrderError):
+    """The payment provider cannot be reached; the order was cancelled and its stock released."""
+
+
+class BrokerStartError(GatewayError):
+    """The embedded MQTT broker could not start (port taken, bad config)."""
+
+
+class DeviceLinkError(GatewayError):
+    """The gateway's MQTT client cannot reach the broker or publish."""

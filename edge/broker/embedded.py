@@ -1,0 +1,67 @@
+"""The embedded amqtt broker as an async context manager."""
+
+import logging
+from types import TracebackType
+
+from amqtt.broker import Broker
+from amqtt.errors import BrokerError
+
+from edge.broker.plugins import BrokerAuthority, DeviceAuthPlugin, DeviceTopicPlugin
+from edge.errors import BrokerStartError
+from edge.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+_AUTH = f"{DeviceAuthPlugin.__module__}.{DeviceAuthPlugin.__qualname__}"
+_TOPIC = f"{DeviceTopicPlugin.__module__}.{DeviceTopicPlugin.__qualname__}"
+
+
+class EmbeddedBroker:
+    def __init__(self, settings: GatewaySettings, authority: BrokerAuthority) -> None:
+        self._settings = settings
+        self._authority = authority
+        self._broker: Broker | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> "EmbeddedBroker":
+        host = self._settings.mqtt_host
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{self._settings.mqtt_port}"}},
+            "session_expiry_interval": self._settings.session_expiry_s,
+            # Our plugins only: no anonymous access, no $SYS publishing.
+            "plugins": {_AUTH: {}, _TOPIC: {}},
+        }
+        try:
+            self._broker = Broker(config, plugin_namespace=f"vending.gateway.{id(self)}")
+            for name in ("DeviceAuthPlugin", "DeviceTopicPlugin"):
+                plugin = self._broker.plugins_manager.get_plugin(name)
+                if not isinstance(plugin, DeviceAuthPlugin | DeviceTopicPlugin):
+                    raise BrokerStartError(f"plugin {name} did not load")
+                plugin.bind(self._authority)
+            await self._broker.start()
+        except BrokerError as exc:
+            raise BrokerStartError(f"cannot start the MQTT broker on {host}") from exc
+        server = self._broker._servers["default"].instance
+        sockets = getattr(server, "sockets", None) or []
+        if not sockets:
+            raise BrokerStartError("the MQTT listener has no socket")
+        self.port = int(sockets[0].getsockname()[1])
+        log.info("MQTT broker listening on %s:%d", host, self.port)
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._broker is not None and self._broker.transitions.state == "started"
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._broker is not None:
+            try:
+                await self._broker.shutdown()
+            except Exception:
+                log.exception("broker shutdown failed")
+            self._broker = None

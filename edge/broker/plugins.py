@@ -1,0 +1,120 @@
+"""amqtt plugins: device authentication against the store, and the topic ACL.
+
+amqtt builds plugins itself from their dotted names; the broker wrapper then hands each one the
+``BrokerAuthority`` (``bind``) before the broker starts listening, and until then they refuse.
+"""
+
+import asyncio
+import hashlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from amqtt.contexts import Action, BaseContext
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+
+from contracts.credentials import CredentialFormatError, verify_secret
+from edge.broker import acl
+
+log = logging.getLogger(__name__)
+
+SecretLookup = Callable[[str], Awaitable[str | None]]
+
+
+@dataclass
+class BrokerAuthority:
+    gateway_client_id: str
+    gateway_password: str
+    secret_hash: SecretLookup  # machine id -> stored hash of an ACTIVE machine, or None
+
+    def __post_init__(self) -> None:
+        # A successful PBKDF2 check is remembered (by a digest of the password and the stored
+        # hash) so that reconnect storms do not cost a PBKDF2 run each.
+        self._verified: set[tuple[str, bytes, str]] = set()
+
+    def is_gateway(self, session: Session) -> bool:
+        return session.client_id == self.gateway_client_id and (
+            session.username == self.gateway_client_id
+        )
+
+    async def authenticate(self, session: Session) -> bool:
+        username, password = session.username, session.password or ""
+        if not username or not session.client_id:
+            return False
+        if username == self.gateway_client_id:
+            return session.client_id == username and hmac.compare_digest(
+                password.encode(), self.gateway_password.encode()
+            )
+        if session.client_id != username:
+            log.info("refused %s: client id must equal the machine id", username)
+            return False
+        stored = await self.secret_hash(username)
+        if stored is None:
+            log.info("refused %s: unknown or inactive machine", username)
+            return False
+        key = (username, hashlib.sha256(password.encode()).digest(), stored)
+        if key in self._verified:
+            return True
+        try:
+            ok = await asyncio.to_thread(verify_secret, password, stored)
+        except CredentialFormatError:
+            log.warning("machine %s has a malformed secret hash", username)
+            return False
+        if ok:
+            self._verified.add(key)
+        else:
+            log.info("refused %s: wrong password", username)
+        return ok
+
+    def allowed(self, session: Session, topic_name: str, action: Action) -> bool:
+        if self.is_gateway(session):
+            return True
+        machine_id = session.username
+        if not machine_id or session.client_id != machine_id:
+            return False
+        if action == Action.PUBLISH:
+            return acl.device_may_publish(machine_id, topic_name)
+        return acl.device_may_subscribe(machine_id, topic_name)
+
+
+class DeviceAuthPlugin(BaseAuthPlugin):
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self.authority: BrokerAuthority | None = None
+
+    def bind(self, authority: BrokerAuthority) -> None:
+        self.authority = authority
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        if self.authority is None:
+            return False
+        try:
+            return await self.authority.authenticate(session)
+        except Exception:
+            log.exception("authentication failed unexpectedly")
+            return False
+
+
+class DeviceTopicPlugin(BaseTopicPlugin):
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self.authority: BrokerAuthority | None = None
+
+    def bind(self, authority: BrokerAuthority) -> None:
+        self.authority = authority
+
+    async def topic_filtering(
+        self,
+        *,
+        session: Session | None = None,
+        topic: str | None = None,
+        action: Action | None = None,
+    ) -> bool | None:
+        if self.authority is None or session is None or topic is None or action is None:
+            return False
+        allowed = self.authority.allowed(session, topic, action)
+        if not allowed and action != Action.RECEIVE:
+            log.info("ACL refused %s %s on %s", session.client_id, action.value, topic)
+        return allowed

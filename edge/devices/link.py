@@ -1,0 +1,238 @@
+"""``DeviceLink``: the gateway's own MQTT client.
+
+It receives what devices publish, validates it against ``contracts.device_messages``, persists
+money events through the store and only then acknowledges them to the device. Nothing a device
+sends can crash or stall the receive loop: every bad message is logged, counted and dropped.
+It also publishes signed dispense commands (QoS 1).
+"""
+
+import asyncio
+import logging
+import random
+from types import TracebackType
+
+from amqtt.client import MQTTClient
+from amqtt.mqtt.constants import QOS_1
+from pydantic import ValidationError
+
+from contracts import topics
+from contracts.device_messages import (
+    Acks,
+    CashCredit,
+    DeviceLog,
+    DispenseResult,
+    Health,
+    Inventory,
+    Presence,
+)
+from edge.errors import DeviceLinkError
+from edge.metrics import GatewayMetrics
+from edge.settings import GatewaySettings
+from edge.store import GatewayStore
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTIONS = (
+    f"{topics.ROOT}/+/status/#",
+    f"{topics.ROOT}/+/events/#",
+    f"{topics.ROOT}/+/{topics.LOGS}",
+)
+
+
+class DeviceLink:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        store: GatewayStore,
+        metrics: GatewayMetrics,
+        broker_url: str,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._metrics = metrics
+        self._broker_url = broker_url
+        self._client: MQTTClient | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def __aenter__(self) -> "DeviceLink":
+        self._task = asyncio.create_task(self._run(), name="device-link")
+        try:
+            async with asyncio.timeout(10):
+                await self._connected.wait()
+        except TimeoutError as exc:
+            await self.__aexit__(None, None, None)
+            raise DeviceLinkError(f"cannot connect to the broker at {self._broker_url}") from exc
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        self._connected.clear()
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                async with asyncio.timeout(5):
+                    await client.disconnect()
+            except Exception:
+                log.debug("disconnect failed", exc_info=True)
+
+    def _uri(self) -> str:
+        scheme, _, rest = self._broker_url.partition("://")
+        user = self._settings.gateway_client_id
+        return f"{scheme}://{user}:{self._settings.mqtt_password}@{rest}"
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            client = MQTTClient(
+                client_id=self._settings.gateway_client_id,
+                config={"auto_reconnect": False, "keep_alive": 30, "cleansession": True},
+            )
+            try:
+                async with asyncio.timeout(10):
+                    await client.connect(self._uri())
+                    await client.subscribe([(name, QOS_1) for name in SUBSCRIPTIONS])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                delay = random.uniform(0, min(0.2 * 2**attempt, self._settings.sync_backoff_max_s))
+                log.warning("broker connect failed (%s); retry in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self._client = client
+            self._connected.set()
+            log.info("device link connected to %s", self._broker_url)
+            try:
+                await self._receive(client)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("device link lost (%s); reconnecting", exc)
+            finally:
+                self._connected.clear()
+                self._client = None
+
+    async def _receive(self, client: MQTTClient) -> None:
+        while True:
+            try:
+                message = await client.deliver_message(timeout_duration=5)
+            except TimeoutError:
+                if not _is_connected(client):
+                    raise DeviceLinkError("broker connection closed") from None
+                continue
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # amqtt cancels its pending delivery when the connection drops.
+                raise DeviceLinkError("broker connection closed") from None
+            if message is None:
+                raise DeviceLinkError("broker connection closed")
+            payload = bytes(message.data or b"")
+            try:
+                await self._handle(message.topic, payload)
+            except Exception:
+                # A store failure or a bug must not take the link down; the device retries
+                # anything that matters because it was not acked.
+                log.exception("handling %s failed", message.topic)
+                self._metrics.mqtt_rejected.labels(reason="handler_error").inc()
+
+    def _reject(self, reason: str, topic_name: str, detail: object = None) -> None:
+        self._metrics.mqtt_rejected.labels(reason=reason).inc()
+        log.warning("dropped message on %s: %s %s", topic_name, reason, detail or "")
+
+    async def _handle(self, topic_name: str, payload: bytes) -> None:
+        parts = topics.split(topic_name)
+        if parts is None or parts[1] not in topics.DEVICE_PUBLISH_SUFFIXES:
+            self._reject("unexpected_topic", topic_name)
+            return
+        machine_id, suffix = parts
+        if len(payload) > self._settings.max_mqtt_payload:
+            self._reject("oversized", topic_name, len(payload))
+            return
+        if suffix == topics.PRESENCE and not payload:
+            return  # a cleared retained presence
+        model = _MODELS[suffix]
+        try:
+            message = model.model_validate_json(payload)
+        except ValidationError as exc:
+            self._reject("malformed", topic_name, exc.error_count())
+            return
+        self._metrics.mqtt_messages.labels(kind=suffix).inc()
+        match message:
+            case Presence():
+                await self._store.set_presence(machine_id, message.online, message.fw)
+            case DispenseResult():
+                outcome = await self._store.record_device_result(machine_id, message)
+                if outcome.status == "unknown_command":
+                    self._reject("unknown_command", topic_name, message.cmd_id)
+                elif outcome.status == "applied":
+                    self._metrics.dispense_results.labels(result=message.result.value).inc()
+                # Persisted (or known already): the device may forget it. An unknown command
+                # is acked too, so a device does not resend it forever.
+                await self.ack(machine_id, [message.id])
+            case CashCredit():
+                await self._store.record_cash_credit(machine_id, message)
+                await self.ack(machine_id, [message.id])
+            case Health() | Inventory():
+                await self._store.touch_machine(machine_id)
+            case DeviceLog():
+                log.info("device %s [%s] %s", machine_id, message.level, message.msg)
+
+    async def ack(self, machine_id: str, ids: list[str]) -> None:
+        body = Acks(ids=ids).model_dump_json().encode()
+        await self.publish(topics.topic(machine_id, topics.ACKS), body)
+
+    async def publish(self, topic_name: str, payload: bytes, *, retain: bool = False) -> None:
+        client = self._client
+        if client is None or not self._connected.is_set():
+            raise DeviceLinkError("not connected to the broker")
+        try:
+            async with asyncio.timeout(10):
+                await client.publish(topic_name, payload, qos=QOS_1, retain=retain)
+        except TimeoutError as exc:
+            raise DeviceLinkError(f"publish to {topic_name} timed out") from exc
+        except Exception as exc:
+            raise DeviceLinkError(f"publish to {topic_name} failed") from exc
+
+    async def send_dispense(self, machine_id: str, payload: bytes) -> None:
+        await self.publish(topics.topic(machine_id, topics.DISPENSE_COMMAND), payload)
+
+
+def _is_connected(client: MQTTClient) -> bool:
+    state = getattr(client, "_connected_state", None)
+    return bool(state is not None and state.is_set())
+
+
+_MODELS: dict[
+    str, type[Presence | Health | Inventory | DispenseResult | CashCredit | DeviceLog]
+] = {
+    topics.PRESENCE: Presence,
+    topics.HEALTH: Health,
+    topics.INVENTORY: Inventory,
+    topics.DISPENSE_RESULT: DispenseResult,
+    topics.CASH_CREDIT: CashCredit,
+    topics.LOGS: DeviceLog,
+}
+
+__all__ = ["SUBSCRIPTIONS", "DeviceLink"]

@@ -1,0 +1,114 @@
+"""The HTTP error envelope, request ids, and the one place exceptions become status codes."""
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from edge.errors import (
+    CatalogItemNotFound,
+    GatewayError,
+    IdempotencyConflict,
+    InsufficientStock,
+    MachineNotFound,
+    OrderConflict,
+    OrderNotFound,
+    PaymentUnavailable,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An HTTP error answered with the envelope."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def ok(data: Any, status: int = 200) -> web.Response:
+    return web.json_response({"success": True, "data": data}, status=status)
+
+
+def _envelope(request_id: str, error: ApiError) -> web.Response:
+    body = {
+        "success": False,
+        "error": {
+            "code": error.code,
+            "message": error.message,
+            "details": error.details,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "requestId": request_id,
+        },
+    }
+    return web.json_response(body, status=error.status, dumps=lambda o: json.dumps(o, default=str))
+
+
+def _translate(exc: BaseException) -> ApiError:
+    match exc:
+        case ApiError():
+            return exc
+        case ValidationError():
+            details = exc.errors(include_url=False, include_context=False)
+            return ApiError(400, "validation_error", "request validation failed", details)
+        case MachineNotFound():
+            return ApiError(404, "machine_not_found", f"no active machine {exc.args[0]!r}")
+        case OrderNotFound():
+            return ApiError(404, "order_not_found", "no such order")
+        case CatalogItemNotFound():
+            return ApiError(
+                400, "unknown_item", f"item {exc.args[0]!r} is not sold by this machine"
+            )
+        case InsufficientStock():
+            return ApiError(409, "insufficient_stock", "not enough stock", exc.args[0])
+        case IdempotencyConflict():
+            return ApiError(
+                409, "idempotency_conflict", "Idempotency-Key was used with a different request"
+            )
+        case OrderConflict():
+            return ApiError(409, "order_conflict", str(exc))
+        case PaymentUnavailable():
+            return ApiError(503, "payment_unavailable", str(exc))
+        case StoreError():
+            return ApiError(503, "store_unavailable", "the gateway cannot store orders right now")
+        case GatewayError():
+            return ApiError(503, "gateway_error", str(exc))
+        case web.HTTPException():
+            code = re.sub(r"\W+", "_", exc.reason.lower()).strip("_") or "http_error"
+            return ApiError(exc.status, code, exc.reason)
+        case _:
+            return ApiError(500, "internal_error", "unexpected error")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    supplied = request.headers.get("X-Request-Id", "")
+    request_id = supplied if _REQUEST_ID_OK.match(supplied) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _envelope(request_id, _translate(exc))
+    except Exception as exc:
+        error = _translate(exc)
+        if error.status >= 500:
+            log.error("request %s failed: %r", request_id, exc, exc_info=error.status == 500)
+        response = _envelope(request_id, error)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+    return response

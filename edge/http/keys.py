@@ -1,0 +1,19 @@
+"""Typed keys of the gateway's aiohttp application."""
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from edge.metrics import GatewayMetrics
+from edge.settings import GatewaySettings
+from edge.store import GatewayStore
+from edge.vending.engine import VendEngine
+
+HealthProbe = Callable[[], Awaitable[dict[str, Any]]]
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+STORE = web.AppKey("store", GatewayStore)
+ENGINE = web.AppKey("engine", VendEngine)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+HEALTH: web.AppKey[HealthProbe] = web.AppKey("health")

@@ -1,0 +1,103 @@
+"""The gateway's settings: environment (``VENDING_GATEWAY_*``) plus an optional TOML/JSON file.
+
+The file is named by ``VENDING_GATEWAY_CONFIG_FILE`` (or passed to ``GatewaySettings.load``);
+environment variables win over the file, explicit keyword arguments win over both.
+"""
+
+import os
+import secrets
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "VENDING_GATEWAY_CONFIG_FILE"
+_config_file: ContextVar[str | None] = ContextVar("gateway_config_file", default=None)
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VENDING_GATEWAY_", extra="forbid")
+
+    data_dir: Path = Path("var/gateway")
+    site_name: str = "site"
+    gateway_name: str = "gateway"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)  # 0 = ephemeral
+
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=0, le=65535)  # 0 = ephemeral
+    external_broker_url: str | None = None  # e.g. mqtt://127.0.0.1:1883; None = embedded amqtt
+    gateway_client_id: str = "gateway"
+    gateway_mqtt_password: SecretStr | None = None  # generated per start when unset
+    session_expiry_s: int = Field(default=3600, gt=0)
+    max_mqtt_payload: int = Field(default=4096, gt=0)
+
+    cloud_url: str | None = None  # None = standalone, cash only
+    enroll_token: SecretStr | None = None
+    sync_pull_interval_s: float = Field(default=15.0, gt=0)
+    sync_push_batch: int = Field(default=200, gt=0, le=500)
+    sync_backoff_max_s: float = Field(default=30.0, gt=0)
+
+    dispense_command_ttl_s: int = Field(default=60, gt=0)
+    dispense_resend_s: float = Field(default=10.0, gt=0)
+    dispense_give_up_s: float = Field(default=90.0, gt=0)
+    order_payment_timeout_s: float = Field(default=300.0, gt=0)
+    engine_tick_s: float = Field(default=1.0, gt=0)  # how often housekeeping (expiry) runs
+
+    zeroconf_enabled: bool = True
+
+    @model_validator(mode="after")
+    def _fill_generated(self) -> "GatewaySettings":
+        if self.gateway_mqtt_password is None:
+            # Only the gateway's own client uses it, and only for this process's lifetime.
+            self.gateway_mqtt_password = SecretStr(secrets.token_urlsafe(24))
+        if self.dispense_give_up_s < self.dispense_resend_s:
+            raise ValueError("dispense_give_up_s must be >= dispense_resend_s")
+        return self
+
+    @property
+    def mqtt_password(self) -> str:
+        assert self.gateway_mqtt_password is not None  # set by the validator
+        return self.gateway_mqtt_password.get_secret_value()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "gateway.sqlite3"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get() or os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            path = Path(config_file)
+            if path.suffix == ".json":
+                sources.append(JsonConfigSettingsSource(settings_cls, json_file=path))
+            else:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> "GatewaySettings":
+        """Settings from ``config_file`` (TOML or JSON) and the environment; raises
+        ``pydantic.ValidationError`` when invalid, so the process refuses to start."""
+        token = _config_file.set(str(config_file) if config_file is not None else None)
+        try:
+            return cls(**overrides)
+        finally:
+            _config_file.reset(token)

@@ -1,0 +1,648 @@
+"""Transactions on orders, stock, payments and device events.
+
+Every function here runs inside the writer thread's transaction, and every change of an order
+writes its outbox events in that same transaction (the outbox pattern): the cloud learns about
+exactly the changes that were committed, never about one that was rolled back.
+"""
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlite_utils
+
+from contracts.device_messages import CashCredit, DispenseResult
+from contracts.orders import (
+    TERMINAL_ORDER_STATUSES,
+    DispenseOutcome,
+    ItemDispenseStatus,
+    OrderStatus,
+    PaymentMethod,
+)
+from contracts.signing import DispenseCommandBody, sign_command
+from contracts.sync import (
+    CashCreditRecord,
+    DispenseRecord,
+    InventoryChange,
+    OrderItemSnapshot,
+    PaymentIntent,
+    PaymentUpdate,
+)
+from edge.errors import (
+    CatalogItemNotFound,
+    IdempotencyConflict,
+    InsufficientStock,
+    MachineNotFound,
+    OrderConflict,
+    OrderNotFound,
+)
+from edge.store.views import (
+    CreditOutcome,
+    NewOrder,
+    OrderView,
+    PaymentView,
+    PendingCommand,
+    ResultOutcome,
+)
+
+Db = sqlite_utils.Database
+
+NO_RESULT = "no_result"  # reason recorded when the gateway gave up waiting for a device
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --- outbox ------------------------------------------------------------------------------------
+
+
+def add_outbox(db: Db, event_id: str, event_type: str, payload: dict[str, Any]) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO outbox (event_id, type, payload, occurred_at) VALUES (?, ?, ?, ?)",
+        [event_id, event_type, json.dumps(payload, separators=(",", ":")), now_iso()],
+    )
+
+
+def inventory_event(db: Db, catalog_id: str, delta: int, reason: str) -> None:
+    row = db.execute(
+        "SELECT machine_id, slot, quantity FROM catalog WHERE id = ?", [catalog_id]
+    ).fetchone()
+    change = InventoryChange(
+        machine_id=row["machine_id"],
+        catalog_item_id=catalog_id,
+        slot=row["slot"],
+        quantity=max(row["quantity"], 0),
+        delta=delta,
+        reason=reason,  # type: ignore[arg-type]
+    )
+    add_outbox(db, new_id(), "inventory.changed", change.model_dump(mode="json"))
+
+
+# --- order reads -------------------------------------------------------------------------------
+
+
+def load_order(db: Db, order_id: str) -> OrderView | None:
+    row = db.execute("SELECT * FROM orders WHERE id = ?", [order_id]).fetchone()
+    if row is None:
+        return None
+    items = [
+        OrderItemSnapshot(
+            id=item["id"],
+            catalog_item_id=item["catalog_item_id"],
+            slot=item["slot"],
+            name=item["name"],
+            unit_price=item["unit_price"],
+            quantity=item["quantity"],
+            dispensed=item["dispensed"],
+            failed=item["failed"],
+            unknown=item["unknown"],
+            dispense_status=ItemDispenseStatus(item["dispense_status"]),
+        )
+        for item in db.execute(
+            "SELECT * FROM order_items WHERE order_id = ? ORDER BY position", [order_id]
+        ).fetchall()
+    ]
+    payment = (
+        PaymentView(payment_id=row["payment_id"], qr_payload=row["qr_payload"])
+        if row["payment_id"]
+        else None
+    )
+    return OrderView(
+        id=row["id"],
+        machine_id=row["machine_id"],
+        status=OrderStatus(row["status"]),
+        payment_method=PaymentMethod(row["payment_method"]),
+        total_amount=row["total_amount"],
+        paid_amount=row["paid_amount"],
+        currency=row["currency"],
+        payment=payment,
+        customer_name=row["customer_name"],
+        customer_phone=row["customer_phone"],
+        items=items,
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+        version=row["version"],
+    )
+
+
+def _require_order(db: Db, order_id: str) -> OrderView:
+    order = load_order(db, order_id)
+    if order is None:
+        raise OrderNotFound(order_id)
+    return order
+
+
+def touch_order(db: Db, order_id: str, **changes: Any) -> OrderView:
+    """Apply ``changes`` to the order row, bump its version and write its snapshot event."""
+    assignments = "".join(f"{column} = ?, " for column in changes)
+    db.execute(
+        f"UPDATE orders SET {assignments}version = version + 1, updated_at = ? WHERE id = ?",
+        [*changes.values(), now_iso(), order_id],
+    )
+    order = _require_order(db, order_id)
+    add_outbox(
+        db,
+        f"{order.id}-v{order.version}",
+        "order.snapshot",
+        order.to_snapshot().model_dump(mode="json"),
+    )
+    return order
+
+
+# --- creating, paying, cancelling --------------------------------------------------------------
+
+
+def create_order(
+    db: Db, order: NewOrder, idempotency_key: str | None, request_hash: str
+) -> tuple[OrderView, bool]:
+    """The new order (or the one this idempotency key made before) and whether it is new."""
+    if idempotency_key is not None:
+        seen = db.execute(
+            "SELECT request_hash, order_id FROM idempotency_keys WHERE key = ?", [idempotency_key]
+        ).fetchone()
+        if seen is not None:
+            if seen["request_hash"] != request_hash:
+                raise IdempotencyConflict(idempotency_key)
+            return _require_order(db, seen["order_id"]), False
+    machine = db.execute(
+        "SELECT id, currency FROM machines WHERE id = ? AND status = 'active'", [order.machine_id]
+    ).fetchone()
+    if machine is None:
+        raise MachineNotFound(order.machine_id)
+
+    order_id = str(uuid.uuid4())
+    created = now_iso()
+    total = 0
+    items: list[dict[str, Any]] = []
+    shortages: list[dict[str, Any]] = []
+    for position, line in enumerate(order.lines):
+        row = db.execute(
+            "SELECT * FROM catalog WHERE id = ? AND machine_id = ? AND active = 1",
+            [line.catalog_item_id, order.machine_id],
+        ).fetchone()
+        if row is None:
+            raise CatalogItemNotFound(line.catalog_item_id)
+        available = row["quantity"] - row["reserved"]
+        if available < line.quantity:
+            shortages.append(
+                {"id": line.catalog_item_id, "requested": line.quantity, "available": available}
+            )
+            continue
+        total += row["price"] * line.quantity
+        items.append(
+            {
+                "id": new_id(),
+                "order_id": order_id,
+                "position": position,
+                "catalog_item_id": row["id"],
+                "slot": row["slot"],
+                "name": row["name"],
+                "unit_price": row["price"],
+                "quantity": line.quantity,
+                "dispense_status": ItemDispenseStatus.PENDING.value,
+            }
+        )
+    if shortages:
+        raise InsufficientStock(shortages)
+
+    db.table("orders").insert(
+        {
+            "id": order_id,
+            "machine_id": order.machine_id,
+            "status": OrderStatus.AWAITING_PAYMENT.value,
+            "payment_method": order.payment_method.value,
+            "total_amount": total,
+            "paid_amount": 0,
+            "currency": machine["currency"],
+            "customer_name": order.customer_name,
+            "customer_phone": order.customer_phone,
+            "created_at": created,
+            "updated_at": created,
+            "version": 0,
+        }
+    )
+    db.table("order_items").insert_all(items)
+    for item in items:
+        db.execute(
+            "UPDATE catalog SET reserved = reserved + ? WHERE id = ?",
+            [item["quantity"], item["catalog_item_id"]],
+        )
+    if idempotency_key is not None:
+        db.execute(
+            "INSERT INTO idempotency_keys (key, request_hash, order_id, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            [idempotency_key, request_hash, order_id, created],
+        )
+    changes: dict[str, Any] = {}
+    if order.payment_method is PaymentMethod.CASH:
+        changes = _claim_machine_credit(db, order_id, order.machine_id, total)
+    return touch_order(db, order_id, **changes), True
+
+
+def _claim_machine_credit(db: Db, order_id: str, machine_id: str, total: int) -> dict[str, Any]:
+    """Credit inserted before any order (kept as machine credit) pays the next cash order."""
+    paid = 0
+    for credit in db.execute(
+        "SELECT id, amount FROM cash_credits WHERE machine_id = ? AND order_id IS NULL "
+        "ORDER BY received_at, id",
+        [machine_id],
+    ).fetchall():
+        if paid >= total:
+            break
+        db.execute("UPDATE cash_credits SET order_id = ? WHERE id = ?", [order_id, credit["id"]])
+        paid += credit["amount"]
+    if paid == 0:
+        return {}
+    changes: dict[str, Any] = {"paid_amount": paid}
+    if paid >= total:
+        changes["status"] = OrderStatus.PAID.value
+    return changes
+
+
+def attach_payment(db: Db, intent: PaymentIntent) -> OrderView:
+    db.execute(
+        "INSERT OR IGNORE INTO payments (payment_id, order_id, provider, status, amount, "
+        "currency, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            intent.payment_id,
+            intent.order_id,
+            intent.provider,
+            intent.status,
+            intent.amount,
+            intent.currency,
+            now_iso(),
+        ],
+    )
+    return touch_order(
+        db, intent.order_id, payment_id=intent.payment_id, qr_payload=intent.qr_payload
+    )
+
+
+def _release_stock(db: Db, order: OrderView) -> None:
+    for item in order.items:
+        open_units = item.quantity - item.dispensed - item.failed - item.unknown
+        if open_units > 0:
+            db.execute(
+                "UPDATE catalog SET reserved = MAX(reserved - ?, 0) WHERE id = ?",
+                [open_units, item.catalog_item_id],
+            )
+        if item.dispense_status is ItemDispenseStatus.PENDING:
+            db.execute(
+                "UPDATE order_items SET dispense_status = ? WHERE id = ?",
+                [ItemDispenseStatus.NOT_DISPENSED.value, item.id],
+            )
+
+
+def cancel_order(db: Db, order_id: str) -> OrderView:
+    """Cancel an unpaid order: release its stock and give any partial cash back to the machine
+    credit (there is no coin return, so the next cash order uses it)."""
+    order = _require_order(db, order_id)
+    if order.status is not OrderStatus.AWAITING_PAYMENT:
+        raise OrderConflict(f"order is {order.status.value}")
+    _release_stock(db, order)
+    db.execute("UPDATE cash_credits SET order_id = NULL WHERE order_id = ?", [order_id])
+    return touch_order(db, order_id, status=OrderStatus.CANCELLED.value, paid_amount=0)
+
+
+def expire_orders(db: Db, cutoff: str) -> list[str]:
+    rows = db.execute(
+        "SELECT id FROM orders WHERE status = ? AND created_at < ?",
+        [OrderStatus.AWAITING_PAYMENT.value, cutoff],
+    ).fetchall()
+    for row in rows:
+        cancel_order(db, row["id"])
+    return [row["id"] for row in rows]
+
+
+def record_cash_credit(db: Db, machine_id: str, credit: CashCredit) -> CreditOutcome:
+    exists = db.execute("SELECT 1 FROM cash_credits WHERE id = ?", [credit.id]).fetchone()
+    if exists is not None:
+        return CreditOutcome(duplicate=True, order_id=None)
+    target = db.execute(
+        "SELECT id, total_amount, paid_amount FROM orders WHERE machine_id = ? AND status = ? "
+        "AND payment_method = ? AND currency = ? ORDER BY created_at, id LIMIT 1",
+        [
+            machine_id,
+            OrderStatus.AWAITING_PAYMENT.value,
+            PaymentMethod.CASH.value,
+            credit.currency,
+        ],
+    ).fetchone()
+    order_id = target["id"] if target is not None else None
+    db.execute(
+        "INSERT INTO cash_credits (id, machine_id, amount, currency, order_id, received_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [credit.id, machine_id, credit.amount, credit.currency, order_id, now_iso()],
+    )
+    record = CashCreditRecord(
+        credit_id=credit.id,
+        machine_id=machine_id,
+        amount=credit.amount,
+        currency=credit.currency,
+        order_id=order_id,
+    )
+    add_outbox(db, credit.id, "cash.credit", record.model_dump(mode="json"))
+    if target is not None:
+        paid = target["paid_amount"] + credit.amount
+        changes: dict[str, Any] = {"paid_amount": paid}
+        if paid >= target["total_amount"]:
+            changes["status"] = OrderStatus.PAID.value
+        touch_order(db, target["id"], **changes)
+    return CreditOutcome(duplicate=False, order_id=order_id)
+
+
+def mark_processed(db: Db, message_id: str, channel: str) -> bool:
+    """Record a channel message id; False when it was processed before."""
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO processed_messages (id, channel, processed_at) VALUES (?, ?, ?)",
+        [message_id, channel, now_iso()],
+    )
+    return cursor.rowcount == 1
+
+
+def apply_payment_update(db: Db, message_id: str, update: PaymentUpdate) -> str | None:
+    """Returns the order id when the order changed."""
+    if not mark_processed(db, message_id, "cloud"):
+        return None
+    payment = db.execute(
+        "SELECT status FROM payments WHERE payment_id = ?", [update.payment_id]
+    ).fetchone()
+    if payment is not None and payment["status"] == update.status:
+        return None  # the same outcome arrived under another message id
+    db.execute(
+        "INSERT INTO payments (payment_id, order_id, provider, status, amount, currency, "
+        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(payment_id) DO UPDATE SET "
+        "status = excluded.status, amount = excluded.amount, updated_at = excluded.updated_at",
+        [
+            update.payment_id,
+            update.order_id,
+            update.provider,
+            update.status,
+            update.amount,
+            update.currency,
+            now_iso(),
+        ],
+    )
+    order = load_order(db, update.order_id)
+    if order is None:
+        return None
+    if update.status == "failed":
+        if order.status is OrderStatus.AWAITING_PAYMENT:
+            cancel_order(db, order.id)
+            return order.id
+        return None
+    if update.currency != order.currency:
+        return None
+    if order.status is OrderStatus.AWAITING_PAYMENT:
+        paid = update.amount
+        changes: dict[str, Any] = {"paid_amount": paid, "payment_id": update.payment_id}
+        if paid >= order.total_amount:
+            changes["status"] = OrderStatus.PAID.value
+        touch_order(db, order.id, **changes)
+        return order.id
+    if order.status is OrderStatus.CANCELLED:
+        # Money arrived after the order expired or was cancelled: nothing will be dispensed, so
+        # the customer is owed a refund.
+        touch_order(
+            db,
+            order.id,
+            paid_amount=update.amount,
+            payment_id=update.payment_id,
+            status=OrderStatus.REFUND_PENDING.value,
+        )
+        return order.id
+    return None
+
+
+# --- dispensing --------------------------------------------------------------------------------
+
+
+def next_command(db: Db, order_id: str, ttl_s: int) -> PendingCommand | None:
+    """The unit to dispense next: an unresolved persisted command (resumed as is) or a newly
+    signed one. None when the order needs no more commands."""
+    order = _require_order(db, order_id)
+    if order.status not in (OrderStatus.PAID, OrderStatus.DISPENSING):
+        return None
+    for item in order.items:
+        for unit in range(item.quantity):
+            row = db.execute(
+                "SELECT * FROM dispense_commands WHERE order_item_id = ? AND unit = ?",
+                [item.id, unit],
+            ).fetchone()
+            if row is not None:
+                if row["result"] is None:
+                    return PendingCommand(
+                        cmd_id=row["cmd_id"],
+                        order_id=order_id,
+                        machine_id=row["machine_id"],
+                        slot=row["slot"],
+                        payload=bytes(row["payload"]),
+                        sent_at=datetime.fromisoformat(row["sent_at"]),
+                        resumed=True,
+                    )
+                continue
+            return _new_command(db, order, item, unit, ttl_s)
+    _finish_order(db, order_id)
+    return None
+
+
+def _new_command(
+    db: Db, order: OrderView, item: OrderItemSnapshot, unit: int, ttl_s: int
+) -> PendingCommand:
+    machine = db.execute(
+        "SELECT command_key FROM machines WHERE id = ?", [order.machine_id]
+    ).fetchone()
+    last = db.execute(
+        "SELECT ctr FROM device_counters WHERE machine_id = ?", [order.machine_id]
+    ).fetchone()
+    ctr = (last["ctr"] if last else 0) + 1
+    db.execute(
+        "INSERT INTO device_counters (machine_id, ctr) VALUES (?, ?) "
+        "ON CONFLICT(machine_id) DO UPDATE SET ctr = excluded.ctr",
+        [order.machine_id, ctr],
+    )
+    now = int(time.time())
+    body = DispenseCommandBody(
+        cmd_id=new_id(),
+        mid=order.machine_id,
+        order_id=order.id,
+        item_id=item.id,
+        slot=item.slot,
+        ctr=ctr,
+        exp=now + ttl_s,
+        ts=now,
+    )
+    payload = sign_command(bytes.fromhex(machine["command_key"]), body)
+    sent_at = datetime.now(UTC)
+    db.execute(
+        "INSERT INTO dispense_commands (cmd_id, order_id, order_item_id, unit, machine_id, slot, "
+        "ctr, payload, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            body.cmd_id,
+            order.id,
+            item.id,
+            unit,
+            order.machine_id,
+            item.slot,
+            ctr,
+            payload,
+            sent_at.isoformat(),
+        ],
+    )
+    if item.dispense_status is ItemDispenseStatus.PENDING:
+        db.execute(
+            "UPDATE order_items SET dispense_status = ? WHERE id = ?",
+            [ItemDispenseStatus.DISPENSING.value, item.id],
+        )
+    if order.status is OrderStatus.PAID or item.dispense_status is ItemDispenseStatus.PENDING:
+        touch_order(db, order.id, status=OrderStatus.DISPENSING.value)
+    return PendingCommand(
+        cmd_id=body.cmd_id,
+        order_id=order.id,
+        machine_id=order.machine_id,
+        slot=item.slot,
+        payload=payload,
+        sent_at=sent_at,
+        resumed=False,
+    )
+
+
+def _item_status(quantity: int, dispensed: int, failed: int, unknown: int) -> ItemDispenseStatus:
+    if dispensed + failed + unknown < quantity:
+        return ItemDispenseStatus.DISPENSING
+    if dispensed == quantity:
+        return ItemDispenseStatus.DISPENSED
+    if dispensed > 0:
+        return ItemDispenseStatus.PARTIAL
+    if unknown > 0:
+        return ItemDispenseStatus.UNKNOWN
+    return ItemDispenseStatus.FAILED
+
+
+def record_dispense_result(
+    db: Db,
+    machine_id: str,
+    cmd_id: str,
+    outcome: DispenseOutcome,
+    reason: str | None,
+    device_ts: int | None,
+) -> ResultOutcome:
+    """Apply one unit's outcome; the first outcome recorded for a command is final."""
+    cmd = db.execute("SELECT * FROM dispense_commands WHERE cmd_id = ?", [cmd_id]).fetchone()
+    if cmd is None or cmd["machine_id"] != machine_id:
+        return ResultOutcome(status="unknown_command", order_id=None)
+    if cmd["result"] is not None:
+        late = cmd["result"] == DispenseOutcome.UNKNOWN.value and cmd["reason"] == NO_RESULT
+        if late and outcome is not DispenseOutcome.UNKNOWN and device_ts is not None:
+            _correct_timed_out(db, cmd, outcome, reason, device_ts)
+            return ResultOutcome(status="corrected", order_id=cmd["order_id"])
+        return ResultOutcome(status="duplicate", order_id=cmd["order_id"])
+    db.execute(
+        "UPDATE dispense_commands SET result = ?, reason = ?, resolved_at = ? WHERE cmd_id = ?",
+        [outcome.value, reason, now_iso(), cmd_id],
+    )
+    column = {"ok": "dispensed", "failed": "failed", "unknown": "unknown"}[outcome.value]
+    db.execute(
+        f"UPDATE order_items SET {column} = {column} + 1 WHERE id = ?", [cmd["order_item_id"]]
+    )
+    item = db.execute("SELECT * FROM order_items WHERE id = ?", [cmd["order_item_id"]]).fetchone()
+    status = _item_status(item["quantity"], item["dispensed"], item["failed"], item["unknown"])
+    db.execute(
+        "UPDATE order_items SET dispense_status = ? WHERE id = ?", [status.value, item["id"]]
+    )
+    # ok: the unit left the machine. unknown: counted as gone too, because selling a unit that
+    # may not be there is worse than hiding one that is (a restock count corrects it).
+    # failed: the unit is still in the slot, so only the reservation is released.
+    gone = outcome is not DispenseOutcome.FAILED
+    db.execute(
+        "UPDATE catalog SET reserved = MAX(reserved - 1, 0), quantity = MAX(quantity - ?, 0) "
+        "WHERE id = ?",
+        [1 if gone else 0, item["catalog_item_id"]],
+    )
+    record = DispenseRecord(
+        cmd_id=cmd_id,
+        machine_id=machine_id,
+        order_id=cmd["order_id"],
+        item_id=cmd["order_item_id"],
+        slot=cmd["slot"],
+        result=outcome.value,
+        reason=reason,
+        device_ts=device_ts,
+    )
+    add_outbox(db, cmd_id, "dispense.result", record.model_dump(mode="json"))
+    if gone:
+        inventory_event(db, item["catalog_item_id"], -1, "sale")
+    touch_order(db, cmd["order_id"])
+    _finish_order(db, cmd["order_id"])
+    return ResultOutcome(status="applied", order_id=cmd["order_id"])
+
+
+def _correct_timed_out(
+    db: Db, cmd: Any, outcome: DispenseOutcome, reason: str | None, device_ts: int
+) -> None:
+    """The device answered after the gateway gave up and recorded ``unknown``: the device knows
+    better, so the counts and the stock follow its answer (the motor still ran at most once)."""
+    db.execute(
+        "UPDATE dispense_commands SET result = ?, reason = ?, resolved_at = ? WHERE cmd_id = ?",
+        [outcome.value, reason, now_iso(), cmd["cmd_id"]],
+    )
+    column = "dispensed" if outcome is DispenseOutcome.OK else "failed"
+    db.execute(
+        f"UPDATE order_items SET unknown = unknown - 1, {column} = {column} + 1 WHERE id = ?",
+        [cmd["order_item_id"]],
+    )
+    item = db.execute("SELECT * FROM order_items WHERE id = ?", [cmd["order_item_id"]]).fetchone()
+    status = _item_status(item["quantity"], item["dispensed"], item["failed"], item["unknown"])
+    db.execute(
+        "UPDATE order_items SET dispense_status = ? WHERE id = ?", [status.value, item["id"]]
+    )
+    if outcome is DispenseOutcome.FAILED:
+        # Counted as gone at the timeout, but it never left the slot.
+        db.execute(
+            "UPDATE catalog SET quantity = quantity + 1 WHERE id = ?", [item["catalog_item_id"]]
+        )
+        inventory_event(db, item["catalog_item_id"], 1, "device_report")
+    record = DispenseRecord(
+        cmd_id=cmd["cmd_id"],
+        machine_id=cmd["machine_id"],
+        order_id=cmd["order_id"],
+        item_id=cmd["order_item_id"],
+        slot=cmd["slot"],
+        result=outcome.value,
+        reason=reason,
+        device_ts=device_ts,
+    )
+    add_outbox(db, f"{cmd['cmd_id']}-late", "dispense.result", record.model_dump(mode="json"))
+    order = _require_order(db, cmd["order_id"])
+    changes: dict[str, Any] = {}
+    if order.status is OrderStatus.REFUND_PENDING and all(
+        i.dispensed == i.quantity for i in order.items
+    ):
+        changes["status"] = OrderStatus.COMPLETED.value
+    touch_order(db, order.id, **changes)
+
+
+def _finish_order(db: Db, order_id: str) -> None:
+    order = _require_order(db, order_id)
+    if order.status in TERMINAL_ORDER_STATUSES:
+        return
+    if order.status not in (OrderStatus.PAID, OrderStatus.DISPENSING):
+        return
+    if any(i.dispensed + i.failed + i.unknown < i.quantity for i in order.items):
+        return
+    all_ok = all(i.dispensed == i.quantity for i in order.items)
+    status = OrderStatus.COMPLETED if all_ok else OrderStatus.REFUND_PENDING
+    touch_order(db, order_id, status=status.value)
+
+
+def device_result(db: Db, machine_id: str, result: DispenseResult) -> ResultOutcome:
+    return record_dispense_result(
+        db, machine_id, result.cmd_id, result.result, result.reason, result.ts
+    )

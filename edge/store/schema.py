@@ -1,0 +1,68 @@
+"""Schema of the gateway database, as sqlite-utils migrations (applied in order, once each)."""
+
+import sqlite_utils
+
+migrations = sqlite_utils.Migrations("vending-gateway")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    statements = [
+        """CREATE TABLE machines (
+            id TEXT PRIMARY KEY, tenant_id TEXT, site_id TEXT, name TEXT NOT NULL,
+            location TEXT, status TEXT NOT NULL, mqtt_secret_hash TEXT NOT NULL,
+            command_key TEXT NOT NULL, currency TEXT NOT NULL, config TEXT NOT NULL DEFAULT '{}',
+            version INTEGER NOT NULL DEFAULT 0, online INTEGER NOT NULL DEFAULT 0,
+            fw TEXT, last_seen TEXT)""",
+        """CREATE TABLE catalog (
+            id TEXT PRIMARY KEY, machine_id TEXT NOT NULL REFERENCES machines(id),
+            slot TEXT NOT NULL, name TEXT NOT NULL, category TEXT, price INTEGER NOT NULL,
+            currency TEXT NOT NULL, quantity INTEGER NOT NULL, reserved INTEGER NOT NULL DEFAULT 0,
+            stock_rev INTEGER NOT NULL DEFAULT 0, capacity INTEGER, image_url TEXT,
+            active INTEGER NOT NULL DEFAULT 1,
+            CHECK (reserved >= 0))""",
+        "CREATE INDEX catalog_machine ON catalog(machine_id)",
+        """CREATE TABLE orders (
+            id TEXT PRIMARY KEY, machine_id TEXT NOT NULL REFERENCES machines(id),
+            status TEXT NOT NULL, payment_method TEXT NOT NULL, total_amount INTEGER NOT NULL,
+            paid_amount INTEGER NOT NULL DEFAULT 0, currency TEXT NOT NULL, payment_id TEXT,
+            qr_payload TEXT, customer_name TEXT, customer_phone TEXT,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL, version INTEGER NOT NULL)""",
+        "CREATE INDEX orders_status ON orders(status, machine_id, created_at)",
+        """CREATE TABLE order_items (
+            id TEXT PRIMARY KEY, order_id TEXT NOT NULL REFERENCES orders(id),
+            position INTEGER NOT NULL, catalog_item_id TEXT NOT NULL, slot TEXT NOT NULL,
+            name TEXT NOT NULL, unit_price INTEGER NOT NULL, quantity INTEGER NOT NULL,
+            dispensed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+            unknown INTEGER NOT NULL DEFAULT 0, dispense_status TEXT NOT NULL)""",
+        "CREATE INDEX order_items_order ON order_items(order_id)",
+        """CREATE TABLE dispense_commands (
+            cmd_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, order_item_id TEXT NOT NULL,
+            unit INTEGER NOT NULL, machine_id TEXT NOT NULL, slot TEXT NOT NULL,
+            ctr INTEGER NOT NULL, payload BLOB NOT NULL, sent_at TEXT NOT NULL,
+            result TEXT, reason TEXT, resolved_at TEXT,
+            UNIQUE (order_item_id, unit))""",
+        """CREATE TABLE device_counters (
+            machine_id TEXT PRIMARY KEY, ctr INTEGER NOT NULL)""",
+        """CREATE TABLE cash_credits (
+            id TEXT PRIMARY KEY, machine_id TEXT NOT NULL, amount INTEGER NOT NULL,
+            currency TEXT NOT NULL, order_id TEXT, received_at TEXT NOT NULL)""",
+        "CREATE INDEX cash_credits_free ON cash_credits(machine_id, order_id)",
+        """CREATE TABLE payments (
+            payment_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, provider TEXT,
+            status TEXT NOT NULL, amount INTEGER NOT NULL, currency TEXT NOT NULL,
+            updated_at TEXT NOT NULL)""",
+        """CREATE TABLE processed_messages (
+            id TEXT PRIMARY KEY, channel TEXT NOT NULL, processed_at TEXT NOT NULL)""",
+        """CREATE TABLE idempotency_keys (
+            key TEXT PRIMARY KEY, request_hash TEXT NOT NULL, order_id TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+        """CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL, payload TEXT NOT NULL, occurred_at TEXT NOT NULL,
+            sent INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX outbox_unsent ON outbox(sent, seq)",
+        "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ]
+    for statement in statements:
+        db.execute(statement)

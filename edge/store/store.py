@@ -1,0 +1,385 @@
+"""``GatewayStore``: the gateway's database API on the event loop.
+
+Writes go to one writer thread (each call is one transaction); reads go to a reader thread with
+its own connection (WAL lets it read while the writer writes). After a write commits, the store
+publishes which orders changed on its ``ChangeFeed``.
+"""
+
+import asyncio
+import json
+import logging
+import os
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import sqlite_utils
+
+from contracts.device_messages import CashCredit, DispenseResult
+from contracts.orders import DispenseOutcome, OrderStatus
+from contracts.sync import OutboxEvent, PaymentIntent, PaymentUpdate, StateResponse
+from edge.errors import OrderNotFound
+from edge.settings import GatewaySettings
+from edge.store import ledger
+from edge.store.changes import ChangeFeed
+from edge.store.dbthread import DbThread
+from edge.store.schema import migrations
+from edge.store.views import (
+    CatalogItemView,
+    CreditOutcome,
+    MachineView,
+    NewOrder,
+    OrderView,
+    PendingCommand,
+    ResultOutcome,
+)
+
+log = logging.getLogger(__name__)
+
+Db = sqlite_utils.Database
+
+
+def _migrate(db: Db) -> None:
+    db.execute("PRAGMA journal_mode = WAL")
+    migrations.apply(db)
+
+
+class GatewayStore:
+    """Implements ``edge.sync.ports.SyncStore`` plus what the engine, link and API need."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._path = settings.db_path
+        self._writer = DbThread(self._path, "store-writer", transactional=True)
+        self._reader = DbThread(self._path, "store-reader", transactional=False)
+        self.changes = ChangeFeed()
+        self._outbox_event = asyncio.Event()
+
+    async def __aenter__(self) -> "GatewayStore":
+        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        await asyncio.to_thread(self._writer.start, _migrate)
+        os.chmod(self._path, 0o600)
+        await asyncio.to_thread(self._reader.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self._reader.stop)
+        await asyncio.to_thread(self._writer.stop)
+
+    async def _notify(self, order_ids: list[str | None], outbox: bool = True) -> None:
+        ids = [order_id for order_id in order_ids if order_id]
+        if ids:
+            await self.changes.publish(ids)
+        if outbox:
+            self._outbox_event.set()
+
+    async def ping(self) -> bool:
+        row = await self._reader.run(lambda db: db.execute("SELECT 1").fetchone())
+        return bool(row and row[0] == 1)
+
+    # --- SyncStore -----------------------------------------------------------------------------
+
+    async def outbox_pending(self, limit: int) -> list[OutboxEvent]:
+        def read(db: Db) -> list[OutboxEvent]:
+            rows = db.execute(
+                "SELECT * FROM outbox WHERE sent = 0 ORDER BY seq LIMIT ?", [limit]
+            ).fetchall()
+            return [
+                OutboxEvent(
+                    seq=row["seq"],
+                    event_id=row["event_id"],
+                    type=row["type"],
+                    occurred_at=datetime.fromisoformat(row["occurred_at"]),
+                    payload=json.loads(row["payload"]),
+                )
+                for row in rows
+            ]
+
+        return await self._reader.run(read)
+
+    async def outbox_acknowledged(self, ack_seq: int) -> None:
+        await self._writer.run(
+            lambda db: db.execute(
+                "UPDATE outbox SET sent = 1 WHERE seq <= ? AND sent = 0", [ack_seq]
+            )
+        )
+
+    async def outbox_backlog(self) -> int:
+        row = await self._reader.run(
+            lambda db: db.execute("SELECT COUNT(*) FROM outbox WHERE sent = 0").fetchone()
+        )
+        return int(row[0])
+
+    async def state_cursor(self) -> int:
+        row = await self._reader.run(
+            lambda db: db.execute("SELECT value FROM kv WHERE key = 'state_cursor'").fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    async def apply_state(self, state: StateResponse) -> None:
+        await self._writer.run(lambda db: _apply_state(db, state))
+
+    async def apply_payment_update(self, message_id: str, update: PaymentUpdate) -> None:
+        order_id = await self._writer.run(
+            lambda db: ledger.apply_payment_update(db, message_id, update)
+        )
+        await self._notify([order_id])
+
+    async def wait_outbox(self, max_wait: float) -> None:
+        try:
+            async with asyncio.timeout(max_wait):
+                await self._outbox_event.wait()
+        except TimeoutError:
+            return
+        self._outbox_event.clear()
+
+    # --- machines and catalog ------------------------------------------------------------------
+
+    async def list_machines(self) -> list[MachineView]:
+        rows = await self._reader.run(
+            lambda db: db.execute(
+                "SELECT id, name, location, online FROM machines WHERE status = 'active' "
+                "ORDER BY name, id"
+            ).fetchall()
+        )
+        return [
+            MachineView(
+                id=r["id"], name=r["name"], location=r["location"], online=bool(r["online"])
+            )
+            for r in rows
+        ]
+
+    async def machine_exists(self, machine_id: str) -> bool:
+        row = await self._reader.run(
+            lambda db: db.execute(
+                "SELECT 1 FROM machines WHERE id = ? AND status = 'active'", [machine_id]
+            ).fetchone()
+        )
+        return row is not None
+
+    async def catalog(self, machine_id: str) -> list[CatalogItemView]:
+        rows = await self._reader.run(
+            lambda db: db.execute(
+                "SELECT * FROM catalog WHERE machine_id = ? AND active = 1 ORDER BY slot",
+                [machine_id],
+            ).fetchall()
+        )
+        return [
+            CatalogItemView(
+                id=r["id"],
+                slot=r["slot"],
+                name=r["name"],
+                price=r["price"],
+                currency=r["currency"],
+                quantity=max(r["quantity"] - r["reserved"], 0),
+                category=r["category"],
+                image_url=r["image_url"],
+            )
+            for r in rows
+        ]
+
+    async def stock(self, catalog_item_id: str) -> tuple[int, int]:
+        """(quantity, reserved) of one catalog item; for tests and tools."""
+        row = await self._reader.run(
+            lambda db: db.execute(
+                "SELECT quantity, reserved FROM catalog WHERE id = ?", [catalog_item_id]
+            ).fetchone()
+        )
+        if row is None:
+            raise OrderNotFound(catalog_item_id)
+        return int(row[0]), int(row[1])
+
+    async def machine_secret_hash(self, machine_id: str) -> str | None:
+        """The MQTT secret hash of an active machine, None when unknown or decommissioned."""
+        row = await self._reader.run(
+            lambda db: db.execute(
+                "SELECT mqtt_secret_hash FROM machines WHERE id = ? AND status = 'active'",
+                [machine_id],
+            ).fetchone()
+        )
+        return row[0] if row else None
+
+    async def set_presence(self, machine_id: str, online: bool, fw: str | None) -> None:
+        await self._writer.run(
+            lambda db: db.execute(
+                "UPDATE machines SET online = ?, fw = COALESCE(?, fw), last_seen = ? WHERE id = ?",
+                [int(online), fw, ledger.now_iso(), machine_id],
+            )
+        )
+
+    async def touch_machine(self, machine_id: str) -> None:
+        await self._writer.run(
+            lambda db: db.execute(
+                "UPDATE machines SET last_seen = ? WHERE id = ?", [ledger.now_iso(), machine_id]
+            )
+        )
+
+    async def device_counts(self) -> dict[str, int]:
+        rows = await self._reader.run(
+            lambda db: db.execute(
+                "SELECT online, COUNT(*) FROM machines WHERE status = 'active' GROUP BY online"
+            ).fetchall()
+        )
+        counts = {"online": 0, "offline": 0}
+        for online, count in rows:
+            counts["online" if online else "offline"] += int(count)
+        return counts
+
+    # --- orders --------------------------------------------------------------------------------
+
+    async def create_order(
+        self, order: NewOrder, idempotency_key: str | None, request_hash: str
+    ) -> tuple[OrderView, bool]:
+        view, created = await self._writer.run(
+            lambda db: ledger.create_order(db, order, idempotency_key, request_hash)
+        )
+        if created:
+            await self._notify([view.id])
+        return view, created
+
+    async def get_order(self, order_id: str) -> OrderView:
+        view = await self._reader.run(lambda db: ledger.load_order(db, order_id))
+        if view is None:
+            raise OrderNotFound(order_id)
+        return view
+
+    async def attach_payment(self, intent: PaymentIntent) -> OrderView:
+        view = await self._writer.run(lambda db: ledger.attach_payment(db, intent))
+        await self._notify([view.id])
+        return view
+
+    async def cancel_order(self, order_id: str) -> OrderView:
+        view = await self._writer.run(lambda db: ledger.cancel_order(db, order_id))
+        await self._notify([view.id])
+        return view
+
+    async def expire_orders(self, older_than_s: float) -> list[str]:
+        cutoff = (datetime.now(UTC) - timedelta(seconds=older_than_s)).isoformat()
+        expired = await self._writer.run(lambda db: ledger.expire_orders(db, cutoff))
+        if expired:
+            await self._notify(list(expired))
+        return expired
+
+    async def record_cash_credit(self, machine_id: str, credit: CashCredit) -> CreditOutcome:
+        outcome = await self._writer.run(
+            lambda db: ledger.record_cash_credit(db, machine_id, credit)
+        )
+        if not outcome.duplicate:
+            await self._notify([outcome.order_id])
+        return outcome
+
+    async def record_device_result(self, machine_id: str, result: DispenseResult) -> ResultOutcome:
+        outcome = await self._writer.run(lambda db: ledger.device_result(db, machine_id, result))
+        if outcome.status in ("applied", "corrected"):
+            await self._notify([outcome.order_id])
+        return outcome
+
+    async def record_timeout(self, machine_id: str, cmd_id: str) -> ResultOutcome:
+        """No result arrived in time: the unit's outcome is unknown (never retried)."""
+        outcome = await self._writer.run(
+            lambda db: ledger.record_dispense_result(
+                db, machine_id, cmd_id, DispenseOutcome.UNKNOWN, ledger.NO_RESULT, None
+            )
+        )
+        if outcome.status == "applied":
+            await self._notify([outcome.order_id])
+        return outcome
+
+    async def next_command(self, order_id: str, ttl_s: int) -> PendingCommand | None:
+        command = await self._writer.run(lambda db: ledger.next_command(db, order_id, ttl_s))
+        if command is None or not command.resumed:
+            await self._notify([order_id])
+        return command
+
+    async def orders_to_dispense(self) -> list[tuple[str, str]]:
+        """(order id, machine id) of paid or dispensing orders, oldest first."""
+        rows = await self._reader.run(
+            lambda db: db.execute(
+                "SELECT id, machine_id FROM orders WHERE status IN (?, ?) ORDER BY created_at, id",
+                [OrderStatus.PAID.value, OrderStatus.DISPENSING.value],
+            ).fetchall()
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def command_result(self, cmd_id: str) -> str | None:
+        row = await self._reader.run(
+            lambda db: db.execute(
+                "SELECT result FROM dispense_commands WHERE cmd_id = ?", [cmd_id]
+            ).fetchone()
+        )
+        return row[0] if row else None
+
+    async def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Read-only rows as dicts; for tests and diagnostics."""
+        rows = await self._reader.run(lambda db: db.execute(sql, params or []).fetchall())
+        return [dict(row) for row in rows]
+
+
+def _apply_state(db: Db, state: StateResponse) -> None:
+    for machine in state.machines:
+        db.execute(
+            "INSERT INTO machines (id, tenant_id, site_id, name, location, status, "
+            "mqtt_secret_hash, command_key, currency, config, version) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "tenant_id = excluded.tenant_id, site_id = excluded.site_id, name = excluded.name, "
+            "location = excluded.location, status = excluded.status, "
+            "mqtt_secret_hash = excluded.mqtt_secret_hash, command_key = excluded.command_key, "
+            "currency = excluded.currency, config = excluded.config, version = excluded.version",
+            [
+                machine.id,
+                machine.tenant_id,
+                machine.site_id,
+                machine.name,
+                machine.location,
+                machine.status,
+                machine.mqtt_secret_hash,
+                machine.command_key,
+                machine.currency,
+                json.dumps(machine.config),
+                machine.version,
+            ],
+        )
+        seen: list[str] = []
+        for item in machine.catalog:
+            seen.append(item.id)
+            existing = db.execute(
+                "SELECT stock_rev, quantity FROM catalog WHERE id = ?", [item.id]
+            ).fetchone()
+            values = {
+                "machine_id": machine.id,
+                "slot": item.slot,
+                "name": item.name,
+                "category": item.category,
+                "price": item.price,
+                "currency": item.currency,
+                "capacity": item.capacity,
+                "image_url": item.image_url,
+                "active": int(item.active),
+                "stock_rev": item.stock_rev,
+            }
+            if existing is None:
+                db.table("catalog").insert(
+                    {"id": item.id, "quantity": item.quantity, "reserved": 0, **values}
+                )
+                continue
+            # The cloud's count wins only after an operator restock (new stock_rev); otherwise
+            # the local count already includes sales the cloud has not heard of yet.
+            if existing["stock_rev"] != item.stock_rev:
+                values["quantity"] = item.quantity
+            db.table("catalog").update(item.id, values)
+            if "quantity" in values and item.quantity != existing["quantity"]:
+                ledger.inventory_event(db, item.id, item.quantity - existing["quantity"], "restock")
+        marks = ",".join("?" for _ in seen)
+        db.execute(
+            f"UPDATE catalog SET active = 0 WHERE machine_id = ? AND id NOT IN ({marks})",
+            [machine.id, *seen],
+        )
+    db.execute(
+        "INSERT INTO kv (key, value) VALUES ('state_cursor', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [str(state.cursor)],
+    )

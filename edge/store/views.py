@@ -1,0 +1,116 @@
+"""Read models the store hands out: what the kiosk API shows and the sync client sends."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from contracts.orders import OrderStatus, PaymentMethod
+from contracts.sync import OrderItemSnapshot, OrderSnapshot
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class MachineView(_View):
+    id: str
+    name: str
+    location: str | None
+    online: bool
+
+
+class CatalogItemView(_View):
+    id: str
+    slot: str
+    name: str
+    price: int
+    currency: str
+    quantity: int  # units available to order now (stock minus reservations)
+    category: str | None
+    image_url: str | None
+
+
+class PaymentView(_View):
+    payment_id: str
+    qr_payload: str | None
+
+
+class OrderView(_View):
+    id: str
+    machine_id: str
+    status: OrderStatus
+    payment_method: PaymentMethod
+    total_amount: int
+    paid_amount: int
+    currency: str
+    payment: PaymentView | None
+    customer_name: str | None
+    customer_phone: str | None
+    items: list[OrderItemSnapshot]
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+    def to_snapshot(self) -> OrderSnapshot:
+        return OrderSnapshot(
+            id=self.id,
+            machine_id=self.machine_id,
+            status=self.status,
+            payment_method=self.payment_method,
+            total_amount=self.total_amount,
+            paid_amount=self.paid_amount,
+            currency=self.currency,
+            payment_id=self.payment.payment_id if self.payment else None,
+            customer_name=self.customer_name,
+            customer_phone=self.customer_phone,
+            items=self.items,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            version=self.version,
+        )
+
+    def public(self) -> dict[str, object]:
+        """The kiosk API's order JSON (customer details are not echoed back)."""
+        return self.model_dump(mode="json", exclude={"customer_name", "customer_phone"})
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrderLine:
+    catalog_item_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    machine_id: str
+    lines: tuple[NewOrderLine, ...]
+    payment_method: PaymentMethod
+    customer_name: str | None = None
+    customer_phone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCommand:
+    """A dispense command that is persisted (and therefore may be sent, and re-sent as is)."""
+
+    cmd_id: str
+    order_id: str
+    machine_id: str
+    slot: str
+    payload: bytes
+    sent_at: datetime
+    resumed: bool  # True when it was created before (e.g. by a previous gateway run)
+
+
+@dataclass(frozen=True, slots=True)
+class CreditOutcome:
+    duplicate: bool
+    order_id: str | None  # order the credit went to (None: kept as machine credit)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultOutcome:
+    status: str  # "applied", "corrected" (late answer after a timeout), "duplicate",
+    # "unknown_command"
+    order_id: str | None

@@ -1,0 +1,148 @@
+"""A device client that follows the firmware's MQTT contract, for gateway tests.
+
+It is used where the test is about the gateway (timings, restarts), not the firmware: it checks
+the command's HMAC, counter and journal the way the firmware does, answers with a dispense
+result until acked, and can jam a slot or stay silent.
+"""
+
+import asyncio
+import contextlib
+import os
+import time
+from types import TracebackType
+
+from amqtt.client import MQTTClient
+from amqtt.mqtt.constants import QOS_1
+
+from contracts import topics
+from contracts.device_messages import Acks, CashCredit, DispenseResult, Presence
+from contracts.signing import SignatureError, verify_command
+
+
+class DeviceDouble:
+    def __init__(
+        self, machine_id: str, password: str, command_key: str, port: int, *, silent: bool = False
+    ) -> None:
+        self.machine_id = machine_id
+        self._password = password
+        self._key = bytes.fromhex(command_key)
+        self._port = port
+        self.silent = silent  # receives commands but never runs or answers them
+        self.jammed: set[str] = set()
+        self.journal: dict[str, str] = {}  # cmd_id -> result
+        self.motor_runs: list[str] = []
+        self.received: list[bytes] = []
+        self.refused: list[str] = []
+        self.acked: set[str] = set()
+        self._last_ctr = 0
+        self._client = MQTTClient(client_id=machine_id, config={"auto_reconnect": False})
+        self._task: asyncio.Task[None] | None = None
+        self._unacked: dict[str, tuple[str, bytes]] = {}
+
+    async def __aenter__(self) -> "DeviceDouble":
+        uri = f"mqtt://{self.machine_id}:{self._password}@127.0.0.1:{self._port}"
+        await self._client.connect(uri)
+        base = f"{topics.ROOT}/{self.machine_id}"
+        await self._client.subscribe(
+            [(f"{base}/{topics.DISPENSE_COMMAND}", QOS_1), (f"{base}/{topics.ACKS}", QOS_1)]
+        )
+        await self._publish(topics.PRESENCE, Presence(online=True, fw="double").model_dump_json())
+        self._task = asyncio.create_task(self._loop(), name=f"double-{self.machine_id}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._client.disconnect()
+
+    async def _publish(self, suffix: str, payload: str | bytes) -> None:
+        data = payload.encode() if isinstance(payload, str) else payload
+        await self._client.publish(topics.topic(self.machine_id, suffix), data, qos=QOS_1)
+
+    async def publish_raw(self, suffix: str, payload: bytes) -> None:
+        await self._publish(suffix, payload)
+
+    async def publish_anywhere(self, topic_name: str, payload: bytes) -> None:
+        """Publish outside its own tree (what the broker ACL must drop)."""
+        await self._client.publish(topic_name, payload, qos=QOS_1)
+
+    async def insert_coin(self, amount: int) -> str:
+        credit = CashCredit(id=os.urandom(16).hex(), amount=amount, ts=int(time.time()))
+        body = credit.model_dump_json().encode()
+        self._unacked[credit.id] = (topics.CASH_CREDIT, body)
+        await self._publish(topics.CASH_CREDIT, body)
+        return credit.id
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                message = await self._client.deliver_message(timeout_duration=0.5)
+            except TimeoutError:
+                for suffix, body in list(self._unacked.values()):
+                    await self._publish(suffix, body)  # retried until acked, like the firmware
+                continue
+            if message is None:
+                return
+            data = bytes(message.data or b"")
+            if message.topic.endswith(topics.ACKS):
+                for event_id in Acks.model_validate_json(data).ids:
+                    self.acked.add(event_id)
+                    self._unacked.pop(event_id, None)
+                continue
+            self.received.append(data)
+            await self._on_command(data)
+
+    async def _on_command(self, data: bytes) -> None:
+        try:
+            body = verify_command(self._key, data)
+        except SignatureError:
+            self.refused.append("signature")
+            return
+        if body.mid != self.machine_id:
+            self.refused.append("machine")
+            return
+        if body.cmd_id in self.journal:
+            await self._report(body.cmd_id, body.order_id, body.item_id, body.slot)
+            return
+        if body.ctr <= self._last_ctr:
+            self.refused.append("counter")
+            return
+        if self.silent:
+            return
+        self._last_ctr = body.ctr
+        self.motor_runs.append(body.cmd_id)
+        self.journal[body.cmd_id] = "failed" if body.slot in self.jammed else "ok"
+        await self._report(body.cmd_id, body.order_id, body.item_id, body.slot)
+
+    async def answer_late(self, payload: bytes, result: str) -> None:
+        """Report an outcome for a command it received while silent (a slow device)."""
+        body = verify_command(self._key, payload)
+        self.journal[body.cmd_id] = result
+        await self._report(body.cmd_id, body.order_id, body.item_id, body.slot)
+
+    async def _report(self, cmd_id: str, order_id: str, item_id: str, slot: str) -> None:
+        result = self.journal[cmd_id]
+        message = DispenseResult(
+            id=cmd_id,
+            cmd_id=cmd_id,
+            order_id=order_id,
+            item_id=item_id,
+            slot=slot,
+            result=result,  # type: ignore[arg-type]
+            reason="jam" if result == "failed" else None,
+            ts=int(time.time()),
+        )
+        body = message.model_dump_json().encode()
+        self._unacked[cmd_id] = (topics.DISPENSE_RESULT, body)
+        await self._publish(topics.DISPENSE_RESULT, body)
+
+
+__all__ = ["DeviceDouble"]
