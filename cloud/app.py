@@ -1,0 +1,113 @@
+"""The public API application (``create_app``) and the mTLS sync application that shares its
+context (``create_sync_app``)."""
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from cloud.auth.passwords import Passwords
+from cloud.auth.tokens import AccessTokens
+from cloud.context import CHANNELS, CONTEXT, SETTINGS, CloudContext
+from cloud.db.engine import create_engine
+from cloud.db.migrate import upgrade
+from cloud.http.middleware import envelope_middleware
+from cloud.http.openapi import build_openapi
+from cloud.http.registry import Api, Endpoint
+from cloud.payments.sandbox import SandboxProvider, run_capture_worker
+from cloud.pki import CertificateAuthority
+from cloud.routes import auth, gateways, machines, orders, sites, users
+from cloud.settings import CloudSettings
+from cloud.sync import channel
+from cloud.sync import routes as sync_routes
+from cloud.sync.hub import ChannelHub
+
+API_VERSION = "0.1.0"
+PUBLIC_APIS: tuple[Api, ...] = (
+    auth.api,
+    users.api,
+    sites.api,
+    gateways.api,
+    machines.api,
+    orders.api,
+)
+SYNC_APIS: tuple[Api, ...] = (sync_routes.api, channel.api)
+OPENAPI = web.AppKey("openapi", dict)
+
+
+def public_endpoints() -> list[Endpoint]:
+    return [ep for api in PUBLIC_APIS for ep in api.endpoints]
+
+
+async def _context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    engine = create_engine(settings.database_url)
+    try:
+        await upgrade(engine)
+        app[CONTEXT] = CloudContext(
+            settings=settings,
+            engine=engine,
+            passwords=Passwords.from_settings(settings),
+            access_tokens=AccessTokens(settings.resolve_jwt_secret(), settings.access_token_ttl_s),
+            ca=await asyncio.to_thread(CertificateAuthority.load_or_create, settings.data_dir),
+            hub=ChannelHub(),
+            payments=SandboxProvider(settings.sandbox_approve_delay_s, settings.payment_expiry_s),
+            sync_url=settings.sync_public_url
+            or f"https://{settings.sync_host}:{settings.sync_port}",
+        )
+        yield
+    finally:
+        await engine.dispose()
+
+
+async def _workers(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CONTEXT]
+    task = asyncio.create_task(
+        run_capture_worker(ctx.engine, ctx.hub, ctx.settings.worker_poll_interval_s),
+        name="sandbox-capture",
+    )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    raise web.HTTPNotFound(reason=f"no route for {request.method} {request.path}")
+
+
+def create_app(settings: CloudSettings) -> web.Application:
+    app = web.Application(middlewares=[envelope_middleware], client_max_size=1024 * 1024)
+    app[SETTINGS] = settings
+    app[OPENAPI] = build_openapi(public_endpoints(), "Vending fleet cloud API", API_VERSION)
+    app.cleanup_ctx.append(_context)
+    app.cleanup_ctx.append(_workers)
+    for api in PUBLIC_APIS:
+        api.register(app)
+    app.router.add_get("/api/v1/openapi.json", _openapi)
+    return app
+
+
+async def _close_channels(app: web.Application) -> None:
+    channels = app[CHANNELS]
+    for ws in [*channels]:
+        await ws.close(code=1001, message=b"server shutting down")
+
+
+def create_sync_app(ctx: CloudContext) -> web.Application:
+    """The mTLS listener's application; runs next to ``create_app``'s and shares its context."""
+    app = web.Application(middlewares=[envelope_middleware], client_max_size=4 * 1024 * 1024)
+    app[SETTINGS] = ctx.settings
+    app[CONTEXT] = ctx
+    channels: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+    app[CHANNELS] = channels
+    app.on_shutdown.append(_close_channels)
+    for api in SYNC_APIS:
+        api.register(app)
+    return app

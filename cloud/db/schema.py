@@ -1,0 +1,253 @@
+"""The cloud's tables (SQLAlchemy Core). Alembic migrations in ``cloud/migrations`` create them;
+a test checks that the migrations and this module agree."""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Id = sa.String(36)
+Ts = sa.DateTime(timezone=True)
+
+counters = sa.Table(
+    "counters",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("created_at", Ts, nullable=False),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("email", sa.String(320), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+)
+
+refresh_tokens = sa.Table(
+    "refresh_tokens",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("user_id", Id, sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("family_id", Id, nullable=False, index=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("expires_at", Ts, nullable=False),
+    sa.Column("revoked_at", Ts, nullable=True),
+    sa.Column("replaced_by", Id, nullable=True),
+    sa.Column("created_at", Ts, nullable=False),
+)
+
+sites = sa.Table(
+    "sites",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("address", sa.String(500), nullable=True),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.UniqueConstraint("tenant_id", "name", name="uq_sites_tenant_name"),
+)
+
+enrollment_tokens = sa.Table(
+    "enrollment_tokens",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False),
+    sa.Column("site_id", Id, sa.ForeignKey("sites.id"), nullable=False, index=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("expires_at", Ts, nullable=False),
+    sa.Column("used_at", Ts, nullable=True),
+    sa.Column("gateway_id", Id, nullable=True),
+    sa.Column("created_by", Id, nullable=True),
+    sa.Column("created_at", Ts, nullable=False),
+)
+
+gateways = sa.Table(
+    "gateways",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("site_id", Id, sa.ForeignKey("sites.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=True),
+    sa.Column("cert_serial", sa.String(64), nullable=False, unique=True),
+    sa.Column("cert_not_after", Ts, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("last_seen_at", Ts, nullable=True),
+    sa.Column("created_at", Ts, nullable=False),
+)
+
+machines = sa.Table(
+    "machines",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("site_id", Id, sa.ForeignKey("sites.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("location", sa.String(500), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("mqtt_secret_hash", sa.String(255), nullable=False),
+    sa.Column("command_key", sa.String(128), nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False, index=True),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+    sa.UniqueConstraint("site_id", "name", name="uq_machines_site_name"),
+)
+
+catalog_items = sa.Table(
+    "catalog_items",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("machine_id", Id, sa.ForeignKey("machines.id"), nullable=False, index=True),
+    sa.Column("slot", sa.String(8), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("category", sa.String(100), nullable=True),
+    sa.Column("price", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("capacity", sa.Integer, nullable=True),
+    sa.Column("stock_rev", sa.Integer, nullable=False),
+    sa.Column("image_url", sa.String(1000), nullable=True),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+    sa.UniqueConstraint("machine_id", "slot", name="uq_catalog_items_machine_slot"),
+)
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("site_id", Id, sa.ForeignKey("sites.id"), nullable=False),
+    sa.Column("machine_id", Id, sa.ForeignKey("machines.id"), nullable=False, index=True),
+    sa.Column("gateway_id", Id, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False, index=True),
+    sa.Column("payment_method", sa.String(16), nullable=False),
+    sa.Column("total_amount", sa.BigInteger, nullable=False),
+    sa.Column("paid_amount", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("payment_id", sa.String(64), nullable=True),
+    sa.Column("customer_name", sa.String(200), nullable=True),
+    sa.Column("customer_phone", sa.String(32), nullable=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+    sa.Column("synced_at", Ts, nullable=False),
+)
+
+order_items = sa.Table(
+    "order_items",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("order_id", sa.String(64), sa.ForeignKey("orders.id"), nullable=False, index=True),
+    sa.Column("catalog_item_id", sa.String(64), nullable=False),
+    sa.Column("slot", sa.String(8), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("unit_price", sa.BigInteger, nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("dispensed", sa.Integer, nullable=False),
+    sa.Column("failed", sa.Integer, nullable=False),
+    sa.Column("unknown", sa.Integer, nullable=False),
+    sa.Column("dispense_status", sa.String(16), nullable=False),
+)
+
+payments = sa.Table(
+    "payments",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("site_id", Id, sa.ForeignKey("sites.id"), nullable=False),
+    sa.Column("machine_id", Id, sa.ForeignKey("machines.id"), nullable=False),
+    sa.Column("gateway_id", Id, nullable=False),
+    sa.Column("order_id", sa.String(64), nullable=False, index=True),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("provider_ref", sa.String(128), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("idempotency_key", sa.String(128), nullable=False, unique=True),
+    sa.Column("qr_payload", sa.String(1000), nullable=True),
+    sa.Column("approve_at", Ts, nullable=True, index=True),
+    sa.Column("expires_at", Ts, nullable=True),
+    sa.Column("captured_at", Ts, nullable=True),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+)
+
+sync_events = sa.Table(
+    "sync_events",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("gateway_id", Id, sa.ForeignKey("gateways.id"), nullable=False, index=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("occurred_at", Ts, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("received_at", Ts, nullable=False),
+)
+
+gateway_sync_state = sa.Table(
+    "gateway_sync_state",
+    metadata,
+    sa.Column("gateway_id", Id, sa.ForeignKey("gateways.id"), primary_key=True),
+    sa.Column("ack_seq", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+)
+
+dispense_records = sa.Table(
+    "dispense_records",
+    metadata,
+    sa.Column("cmd_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False),
+    sa.Column("machine_id", Id, sa.ForeignKey("machines.id"), nullable=False),
+    sa.Column("order_id", sa.String(64), nullable=False, index=True),
+    sa.Column("item_id", sa.String(64), nullable=False),
+    sa.Column("slot", sa.String(8), nullable=False),
+    sa.Column("result", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=True),
+    sa.Column("device_ts", sa.BigInteger, nullable=True),
+    sa.Column("received_at", Ts, nullable=False),
+)
+
+cash_credits = sa.Table(
+    "cash_credits",
+    metadata,
+    sa.Column("credit_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False),
+    sa.Column("machine_id", Id, sa.ForeignKey("machines.id"), nullable=False, index=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("order_id", sa.String(64), nullable=True),
+    sa.Column("received_at", Ts, nullable=False),
+)
+
+channel_messages = sa.Table(
+    "channel_messages",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("gateway_id", Id, sa.ForeignKey("gateways.id"), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("acked_at", Ts, nullable=True),
+    sa.Index("ix_channel_messages_pending", "gateway_id", "acked_at"),
+)

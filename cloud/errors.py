@@ -1,0 +1,47 @@
+"""The cloud's error tree. Raised anywhere, translated once into the HTTP envelope."""
+
+from typing import Any
+
+
+class CloudError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class ValidationFailed(CloudError):
+    status = 400
+    code = "validation_error"
+
+
+class Unauthorized(CloudError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(CloudError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(CloudError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(CloudError):
+    status = 409
+    code = "conflict"
+
+
+class IntegrationFailed(CloudError):
+    status = 502
+    code = "integration_error"
+
+
+class ConfigurationError(CloudError):
+    """Bad settings or data directory; fatal at start."""

@@ -1,0 +1,101 @@
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StrictBool, StrictInt
+
+from cloud.models.common import Input, Output
+from contracts.device_messages import SlotCode
+from contracts.money import Amount, Currency
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class CatalogItemIn(Input):
+    slot: SlotCode
+    name: Name
+    category: Annotated[str, Field(max_length=100)] | None = None
+    price: Amount
+    # None keeps the current count (new slots start empty); a number is a restock.
+    quantity: Annotated[StrictInt, Field(ge=0, le=1000)] | None = None
+    capacity: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
+    image_url: Annotated[str, Field(max_length=1000)] | None = None
+    active: StrictBool = True
+
+
+class CatalogReplace(Input):
+    items: Annotated[list[CatalogItemIn], Field(max_length=200)]
+
+
+class CatalogItemOut(Output):
+    id: str
+    slot: str
+    name: str
+    category: str | None
+    price: int
+    currency: str
+    quantity: int
+    capacity: int | None
+    stock_rev: int
+    image_url: str | None
+    active: bool
+
+
+class MachineOnboard(Input):
+    name: Name
+    site_id: Annotated[str, Field(min_length=1, max_length=64)]
+    location: Annotated[str, Field(max_length=500)] | None = None
+    currency: Currency = "INR"
+    catalog: Annotated[list[CatalogItemIn], Field(max_length=200)] = Field(default_factory=list)
+
+
+class MachineOut(Output):
+    id: str
+    tenant_id: str
+    site_id: str
+    name: str
+    location: str | None
+    status: Literal["active", "decommissioned"]
+    currency: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class MachineDetail(MachineOut):
+    config: dict[str, Any]
+    catalog: list[CatalogItemOut]
+
+
+class DeviceCredentials(Output):
+    """Shown once, at onboarding; the cloud keeps only the secret's hash."""
+
+    machine_id: str
+    mqtt_username: str
+    mqtt_password: str
+    command_key: str
+
+
+class OnboardResult(Output):
+    machine: MachineDetail
+    credentials: DeviceCredentials
+
+
+class MachineConfig(Input):
+    config: dict[str, Any]
+
+
+class MachineConfigOut(Output):
+    machine_id: str
+    config: dict[str, Any]
+    version: int
+
+
+class MachineStatus(Output):
+    machine_id: str
+    status: Literal["active", "decommissioned"]
+    version: int
+    gateway_ids: list[str]
+    gateway_last_seen_at: datetime | None
+    last_order_at: datetime | None
+    orders_total: int
+    low_stock_slots: list[str]

@@ -1,0 +1,76 @@
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from cloud.models.common import Input, Output
+from contracts.orders import OrderStatus
+
+
+class OrdersQuery(Input):
+    machine_id: str | None = None
+    status: OrderStatus | None = None
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    offset: Annotated[int, Field(ge=0)] = 0
+
+
+class DispenseOut(Output):
+    cmd_id: str
+    result: Literal["ok", "failed", "unknown"]
+    reason: str | None
+    device_ts: int | None
+
+
+class OrderItemOut(Output):
+    id: str
+    catalog_item_id: str
+    slot: str
+    name: str
+    unit_price: int
+    quantity: int
+    dispensed: int
+    failed: int
+    unknown: int
+    dispense_status: str
+    dispenses: list[DispenseOut]
+
+
+class OrderOut(Output):
+    id: str
+    tenant_id: str
+    site_id: str
+    machine_id: str
+    status: OrderStatus
+    payment_method: str
+    total_amount: int
+    paid_amount: int
+    currency: str
+    payment_id: str | None
+    customer_name: str | None
+    customer_phone: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    synced_at: datetime
+
+
+class OrderDetail(OrderOut):
+    items: list[OrderItemOut]
+
+
+class PaymentsQuery(Input):
+    order_id: str | None = None
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    offset: Annotated[int, Field(ge=0)] = 0
+
+
+class PaymentOut(Output):
+    id: str
+    order_id: str
+    machine_id: str
+    provider: str
+    status: str
+    amount: int
+    currency: str
+    created_at: datetime
+    captured_at: datetime | None

@@ -1,0 +1,121 @@
+"""Orders mirrored from gateways, and payments, scoped to the caller's tenant."""
+
+import sqlalchemy as sa
+
+from cloud.auth.permissions import Permission
+from cloud.db import schema as t
+from cloud.db.rows import row_dict
+from cloud.errors import NotFound
+from cloud.http.registry import Api, Call
+from cloud.models.orders import (
+    OrderDetail,
+    OrderOut,
+    OrdersQuery,
+    PaymentOut,
+    PaymentsQuery,
+)
+
+api = Api("/api/v1")
+_ORDER_FIELDS = list(OrderOut.model_fields)
+
+
+@api.route(
+    "GET",
+    "/orders",
+    summary="Orders of the caller's tenant",
+    tag="orders",
+    query=OrdersQuery,
+    response=OrderOut,
+    many=True,
+    permission=Permission.ORDERS_READ,
+)
+async def list_orders(call: Call) -> list[OrderOut]:
+    q = call.query(OrdersQuery)
+    query = sa.select(*[t.orders.c[f] for f in _ORDER_FIELDS]).where(
+        t.orders.c.tenant_id == call.principal.tenant_id
+    )
+    if q.machine_id is not None:
+        query = query.where(t.orders.c.machine_id == q.machine_id)
+    if q.status is not None:
+        query = query.where(t.orders.c.status == q.status.value)
+    query = (
+        query.order_by(t.orders.c.created_at.desc(), t.orders.c.id).limit(q.limit).offset(q.offset)
+    )
+    async with call.ctx.engine.connect() as conn:
+        return [OrderOut.model_validate(row_dict(r)) for r in await conn.execute(query)]
+
+
+@api.route(
+    "GET",
+    "/orders/{order_id}",
+    summary="One order with its items and dispense results",
+    tag="orders",
+    response=OrderDetail,
+    permission=Permission.ORDERS_READ,
+)
+async def get_order(call: Call) -> OrderDetail:
+    order_id = call.path("order_id")
+    async with call.ctx.engine.connect() as conn:
+        order = (
+            await conn.execute(
+                sa.select(*[t.orders.c[f] for f in _ORDER_FIELDS]).where(
+                    t.orders.c.id == order_id, t.orders.c.tenant_id == call.principal.tenant_id
+                )
+            )
+        ).first()
+        if order is None:
+            raise NotFound(f"order {order_id} not found")
+        items = (
+            await conn.execute(
+                sa.select(t.order_items)
+                .where(t.order_items.c.order_id == order_id)
+                .order_by(t.order_items.c.slot, t.order_items.c.id)
+            )
+        ).all()
+        dispenses = (
+            await conn.execute(
+                sa.select(t.dispense_records)
+                .where(
+                    t.dispense_records.c.order_id == order_id,
+                    t.dispense_records.c.tenant_id == call.principal.tenant_id,
+                )
+                .order_by(t.dispense_records.c.received_at)
+            )
+        ).all()
+    by_item: dict[str, list[dict[str, object]]] = {}
+    for d in dispenses:
+        by_item.setdefault(d.item_id, []).append(
+            {"cmd_id": d.cmd_id, "result": d.result, "reason": d.reason, "device_ts": d.device_ts}
+        )
+    return OrderDetail.model_validate(
+        row_dict(order)
+        | {
+            "items": [
+                {k: v for k, v in row_dict(i).items() if k != "order_id"}
+                | {"dispenses": by_item.get(i.id, [])}
+                for i in items
+            ]
+        }
+    )
+
+
+@api.route(
+    "GET",
+    "/payments",
+    summary="Payments of the caller's tenant",
+    tag="payments",
+    query=PaymentsQuery,
+    response=PaymentOut,
+    many=True,
+    permission=Permission.PAYMENTS_READ,
+)
+async def list_payments(call: Call) -> list[PaymentOut]:
+    q = call.query(PaymentsQuery)
+    query = sa.select(*[t.payments.c[f] for f in PaymentOut.model_fields]).where(
+        t.payments.c.tenant_id == call.principal.tenant_id
+    )
+    if q.order_id is not None:
+        query = query.where(t.payments.c.order_id == q.order_id)
+    query = query.order_by(t.payments.c.created_at.desc()).limit(q.limit).offset(q.offset)
+    async with call.ctx.engine.connect() as conn:
+        return [PaymentOut.model_validate(row_dict(r)) for r in await conn.execute(query)]

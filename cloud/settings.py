@@ -1,0 +1,78 @@
+"""Settings of the cloud process (env prefix ``VENDING_CLOUD_``, optional ``.env``-style file)."""
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_JWT_SECRET_FILE = "jwt_secret"
+
+
+class CloudSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VENDING_CLOUD_", env_file=None, extra="ignore", validate_default=True
+    )
+
+    environment: Literal["development", "production"] = "development"
+    database_url: str = "sqlite+aiosqlite:///var/cloud/cloud.db"
+    data_dir: Path = Path("var/cloud")
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    sync_host: str = "127.0.0.1"
+    sync_port: int = Field(default=8443, ge=0, le=65535)
+    # What enrolment hands to gateways; derived from the bound sync address when unset.
+    sync_public_url: str | None = None
+    server_hostnames: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"])
+
+    jwt_secret: SecretStr | None = None
+    access_token_ttl_s: int = Field(default=900, gt=0)
+    refresh_token_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
+    enrollment_token_ttl_s: int = Field(default=3600, gt=0)
+    gateway_cert_ttl_days: int = Field(default=825, gt=0)
+
+    # argon2id cost; tests lower these, production keeps the defaults.
+    password_hash_time_cost: int = Field(default=3, ge=1)
+    password_hash_memory_cost: int = Field(default=65536, ge=8)  # KiB
+    password_hash_parallelism: int = Field(default=4, ge=1)
+
+    sandbox_approve_delay_s: float = Field(default=1.0, ge=0)
+    payment_expiry_s: int = Field(default=900, gt=0)
+    # Background workers wake on in-process notifications and also poll the database, so
+    # several cloud processes sharing one database still see each other's work.
+    worker_poll_interval_s: float = Field(default=0.5, gt=0)
+    channel_poll_interval_s: float = Field(default=1.0, gt=0)
+    channel_heartbeat_s: float = Field(default=20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _production_needs_secret(self) -> "CloudSettings":
+        if self.environment == "production" and self.jwt_secret is None:
+            raise ValueError("VENDING_CLOUD_JWT_SECRET is required in production")
+        return self
+
+    @classmethod
+    def from_file(cls, path: Path | None) -> "CloudSettings":
+        if path is None:
+            return cls()
+        return cls(_env_file=path)  # type: ignore[call-arg]
+
+    def resolve_jwt_secret(self) -> str:
+        """The configured secret, or one generated once and kept in ``data_dir``."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        path = self.data_dir / _JWT_SECRET_FILE
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(48)
+        fd = _open_private(path)
+        with open(fd, "w") as fh:
+            fh.write(value)
+        return value
+
+
+def _open_private(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
