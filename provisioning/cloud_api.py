@@ -1,0 +1,124 @@
+"""A small typed client of the cloud's public API, for the technician CLI, the demo and tests.
+
+Every call unwraps the success envelope and turns an error envelope into ``CloudApiError`` (or
+``CloudUnreachable`` when nothing answered), so callers never parse envelopes themselves.
+"""
+
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+
+from provisioning.errors import CloudApiError, CloudUnreachable, NotLoggedIn
+
+API = "/api/v1"
+TIMEOUT_S = 15.0
+
+
+class CloudApi:
+    """``async with CloudApi(url) as api: await api.login(email, password); ...``"""
+
+    def __init__(self, base_url: str, *, access_token: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.access_token = access_token
+        self.refresh_token: str | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        if self._session is None:
+            raise RuntimeError("use CloudApi as an async context manager")
+        headers = {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
+        url = f"{self.base_url}{API}{path}"
+        try:
+            async with self._session.request(method, url, json=body, headers=headers) as resp:
+                status = resp.status
+                try:
+                    payload = await resp.json(content_type=None)
+                except ValueError:
+                    payload = None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise CloudUnreachable(f"cannot reach the cloud at {self.base_url}: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise CloudApiError(
+                f"{method} {path}: HTTP {status} without a JSON envelope (is {self.base_url} "
+                "the cloud API?)",
+                status=status,
+            )
+        if status >= 400 or not payload.get("success", False):
+            error = payload.get("error") or {}
+            message = f"{error.get('message', 'request failed')} (HTTP {status})"
+            kind = NotLoggedIn if status == 401 else CloudApiError
+            raise kind(message, status=status, code=error.get("code"))
+        return payload.get("data")
+
+    # --- auth --------------------------------------------------------------------------------
+
+    async def login(self, email: str, password: str) -> dict[str, Any]:
+        tokens = await self.request("POST", "/auth/login", {"email": email, "password": password})
+        self.access_token = tokens["access_token"]
+        self.refresh_token = tokens["refresh_token"]
+        return dict(tokens)
+
+    async def refresh(self, refresh_token: str) -> dict[str, Any]:
+        tokens = await self.request("POST", "/auth/refresh", {"refresh_token": refresh_token})
+        self.access_token = tokens["access_token"]
+        self.refresh_token = tokens["refresh_token"]
+        return dict(tokens)
+
+    async def profile(self) -> dict[str, Any]:
+        return dict(await self.request("GET", "/auth/profile"))
+
+    # --- sites, gateways, machines -------------------------------------------------------------
+
+    async def create_site(self, name: str, address: str | None = None) -> dict[str, Any]:
+        return dict(await self.request("POST", "/sites", {"name": name, "address": address}))
+
+    async def sites(self) -> list[dict[str, Any]]:
+        return list(await self.request("GET", "/sites"))
+
+    async def enrollment_token(self, site_id: str) -> str:
+        data = await self.request("POST", f"/sites/{site_id}/enrollment-tokens")
+        return str(data["token"])
+
+    async def gateways(self) -> list[dict[str, Any]]:
+        return list(await self.request("GET", "/gateways"))
+
+    async def onboard_machine(
+        self,
+        *,
+        name: str,
+        site_id: str,
+        location: str | None = None,
+        catalog: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        body = {"name": name, "site_id": site_id, "location": location, "catalog": catalog or []}
+        return dict(await self.request("POST", "/machines/onboard", body))
+
+    async def machines(self) -> list[dict[str, Any]]:
+        return list(await self.request("GET", "/machines"))
+
+    async def catalog(self, machine_id: str) -> list[dict[str, Any]]:
+        return list(await self.request("GET", f"/machines/{machine_id}/catalog"))
+
+    # --- orders ----------------------------------------------------------------------------------
+
+    async def orders(self, **filters: str | int) -> list[dict[str, Any]]:
+        query = "&".join(f"{k}={v}" for k, v in filters.items())
+        return list(await self.request("GET", f"/orders{'?' + query if query else ''}"))
+
+    async def order(self, order_id: str) -> dict[str, Any]:
+        return dict(await self.request("GET", f"/orders/{order_id}"))
