@@ -1,0 +1,172 @@
+# The journal on flash: the last accepted command counter, the boot counter, and every money
+# event (dispense results, cash credits) until the gateway has acknowledged it.
+#
+# The whole journal is one small JSON file, rewritten atomically (temp file, then rename) at
+# every change, so after a power cut it is either the old or the new version, never half.
+#
+# Entry: [id, kind, state, acked, payload]
+#   kind    "d" dispense (id == cmd_id) | "c" cash credit
+#   state   "started": the motor may have run, no outcome yet (only dispenses)
+#           "done":    payload is the exact JSON text to publish
+#   payload for "started": the result without outcome (id, cmd_id, order_id, item_id, slot)
+#
+# Acked dispenses keep their full entry (to answer a replay with the recorded result) for the
+# newest `keep_results`; older ones shrink to their id in `acked` (the newest `keep` ids), and
+# anything older still is refused by the counter. A full entry costs ~480 bytes of heap on the
+# 64-bit unix port, an id ~70, hence the two limits.
+import json
+import os
+
+DISPENSE = "d"
+CASH = "c"
+STARTED = "started"
+DONE = "done"
+
+
+class JournalError(Exception):
+    pass
+
+
+class Journal:
+    def __init__(self, path="journal.json", keep=64, keep_results=8):
+        self.path = path
+        self._tmp = path + ".tmp"
+        self.keep = keep
+        self.keep_results = keep_results
+        self.ctr = 0
+        self.boot = 0
+        self.entries = []
+        self.acked = []  # ids of older acked dispenses, oldest first
+        # A journal that cannot be read must not be replaced by an empty one: that would
+        # forget which commands already ran. Dispensing stays refused until someone looks.
+        self.broken = None
+        self._load()
+
+    def _load(self):
+        try:
+            f = open(self.path)
+        except OSError:
+            return  # first boot
+        try:
+            with f:
+                data = json.load(f)
+            self.ctr = int(data["ctr"])
+            self.boot = int(data["boot"])
+            self.entries = list(data["e"])
+            self.acked = list(data.get("a", ()))
+        except (ValueError, KeyError, TypeError) as exc:
+            self.broken = "journal unreadable: %r" % exc
+
+    def save(self):
+        try:
+            with open(self._tmp, "w") as f:
+                json.dump(
+                    {
+                        "v": 1,
+                        "ctr": self.ctr,
+                        "boot": self.boot,
+                        "e": self.entries,
+                        "a": self.acked,
+                    },
+                    f,
+                )
+            os.rename(self._tmp, self.path)
+        except OSError as exc:
+            raise JournalError("journal write failed: %r" % exc) from exc
+
+    def find(self, entry_id):
+        for e in self.entries:
+            if e[0] == entry_id:
+                return e
+        return None
+
+    def was_acked(self, entry_id):
+        return entry_id in self.acked
+
+    def unacked(self):
+        return [e for e in self.entries if e[2] == DONE and not e[3]]
+
+    def start_boot(self, ts):
+        """Count this power-up and turn every interrupted dispense into an 'unknown' result.
+
+        Returns the ids of the interrupted dispenses. Never re-runs them."""
+        self.boot += 1
+        lost = []
+        for e in self.entries:
+            if e[2] == STARTED:
+                result = json.loads(e[4])
+                result["result"] = "unknown"
+                result["reason"] = "power_loss"
+                result["ts"] = ts
+                e[2] = DONE
+                e[4] = json.dumps(result)
+                lost.append(e[0])
+        if self.broken is None:
+            self.save()
+        return lost
+
+    def start(self, cmd_id, ctr, template):
+        """Persist 'started' before the motor runs. Raises JournalError (nothing changed)."""
+        old_ctr = self.ctr
+        self.ctr = ctr
+        self.entries.append([cmd_id, DISPENSE, STARTED, False, template])
+        self._compact()
+        try:
+            self.save()
+        except JournalError:
+            self.entries.pop()
+            self.ctr = old_ctr
+            raise
+
+    def finish(self, cmd_id, payload):
+        e = self.find(cmd_id)
+        e[2] = DONE
+        e[4] = payload
+        self.save()
+
+    def record(self, entry_id, kind, payload, ctr=None):
+        """A finished event that never had a 'started' step (cash, expired commands)."""
+        old_ctr = self.ctr
+        if ctr is not None:
+            self.ctr = ctr
+        self.entries.append([entry_id, kind, DONE, False, payload])
+        try:
+            self.save()
+        except JournalError:
+            self.entries.pop()
+            self.ctr = old_ctr
+            raise
+
+    def ack(self, ids):
+        """Mark acknowledged events; -> number newly acknowledged."""
+        n = 0
+        for e in self.entries:
+            if not e[3] and e[2] == DONE and e[0] in ids:
+                e[3] = True
+                n += 1
+        if n:
+            self._compact()
+            self.save()
+        return n
+
+    def _compact(self):
+        # Acked cash credits are no longer needed; acked dispenses shrink as described at the
+        # top. Un-acked and started entries are never dropped.
+        full = 0
+        for e in self.entries:
+            if e[1] == DISPENSE and e[3]:
+                full += 1
+        excess = full - self.keep_results
+        kept = []
+        for e in self.entries:
+            if e[3]:
+                if e[1] == CASH:
+                    continue
+                if excess > 0:
+                    excess -= 1
+                    self.acked.append(e[0])
+                    continue
+            kept.append(e)
+        self.entries = kept
+        if len(self.acked) > self.keep:
+            self.acked = self.acked[-self.keep :]

@@ -1,0 +1,77 @@
+"""vend/journal.py under MicroPython: persistence, recovery, acks and bounded compaction."""
+
+import json
+from pathlib import Path
+
+from fw_support import run_micropython
+
+SCRIPT = """
+import json, os
+from vend.journal import Journal
+out = {}
+j = Journal("j.json", keep=5, keep_results=2)
+out["fresh"] = [j.ctr, j.boot, j.broken]
+j.start_boot(100)
+j.start("cmd00001", 1, '{"id": "cmd00001", "slot": "A1"}')
+j.finish("cmd00001", '{"id": "cmd00001", "result": "ok"}')
+j.record("cash0001", "c", '{"id": "cash0001", "amount": 500}')
+j.start("cmd00002", 2, '{"id": "cmd00002", "slot": "A2"}')   # power cut here
+j2 = Journal("j.json", keep=5, keep_results=2)
+out["reloaded"] = [j2.ctr, j2.boot, [e[0] for e in j2.entries], [e[2] for e in j2.entries]]
+out["lost"] = j2.start_boot(200)
+out["unknown"] = json.loads(j2.find("cmd00002")[4])
+out["unacked"] = sorted(e[0] for e in j2.unacked())
+out["acked_n"] = j2.ack(["cmd00001", "cash0001", "nope0000"])
+out["after_ack"] = [e[0] for e in j2.entries]
+for i in range(3, 13):
+    cid = "cmd%05d" % i
+    j2.start(cid, i, "{}")
+    j2.finish(cid, '{"id": "%s"}' % cid)
+    if i != 7:
+        j2.ack([cid])
+j3 = Journal("j.json", keep=5, keep_results=2)
+out["full"] = [e[0] for e in j3.entries]
+out["ids"] = j3.acked
+out["ctr"] = j3.ctr
+out["was_acked"] = [j3.was_acked("cmd00009"), j3.was_acked("cmd00001")]
+out["tmp_left"] = "j.json.tmp" in os.listdir()
+with open("bad.json", "w") as f:
+    f.write('{"ctr": 3, "boot"')
+out["broken"] = Journal("bad.json").broken is not None
+print(json.dumps(out))
+"""
+
+
+def test_journal_lifecycle(tmp_path: Path) -> None:
+    got = run_micropython(SCRIPT, tmp_path)
+    assert isinstance(got, dict)
+    assert got["fresh"] == [0, 0, None]
+    # the power cut left cmd00002 "started" on flash
+    assert got["reloaded"] == [
+        2,
+        1,
+        ["cmd00001", "cash0001", "cmd00002"],
+        ["done", "done", "started"],
+    ]
+    assert got["lost"] == ["cmd00002"]
+    assert got["unknown"] == {
+        "id": "cmd00002",
+        "slot": "A2",
+        "result": "unknown",
+        "reason": "power_loss",
+        "ts": 200,
+    }
+    assert got["unacked"] == ["cash0001", "cmd00001", "cmd00002"]
+    assert got["acked_n"] == 2
+    # acked cash is gone at once; the acked dispense stays (with its result) for replays
+    assert got["after_ack"] == ["cmd00001", "cmd00002"]
+    # never dropped: un-acked cmd00002 and cmd00007; with results: the 2 newest acked;
+    # ids only: the 5 before them; older ones forgotten (the counter refuses them)
+    assert got["full"] == ["cmd00002", "cmd00007", "cmd00011", "cmd00012"]
+    assert got["ids"] == ["cmd00005", "cmd00006", "cmd00008", "cmd00009", "cmd00010"]
+    assert got["ctr"] == 12
+    assert got["was_acked"] == [True, False]
+    assert got["tmp_left"] is False
+    assert got["broken"] is True
+    on_flash = json.loads((tmp_path / "j.json").read_text())
+    assert on_flash["ctr"] == 12 and on_flash["boot"] == 2
