@@ -19,6 +19,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+	$(PY) tools/check_firmware.py
 
 pytest: $(STAMP)
 	$(VENV)/bin/python tools/services.py ensure

@@ -80,6 +80,8 @@ class Device:
         if not self.up.is_set():
             return False
         client = self.client
+        if client is None:
+            return False
         try:
             await client.publish(self.base + suffix, text, qos, retain)
             return True

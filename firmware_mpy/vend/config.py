@@ -3,7 +3,7 @@ import json
 
 CONFIG_FILE = "config.json"
 
-DEFAULTS = {
+DEFAULTS: dict = {
     "machine_id": None,
     "mqtt_host": "127.0.0.1",
     "mqtt_port": 1883,

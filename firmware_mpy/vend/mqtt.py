@@ -143,6 +143,8 @@ class MQTTClient:
 
     async def _read_packet(self):
         r = self._reader
+        if r is None:
+            raise MQTTError("not connected")
         first = (await r.readexactly(1))[0]
         n = 0
         shift = 0
@@ -180,8 +182,11 @@ class MQTTClient:
 
     async def _discard(self, n):
         buf = self._skip
+        r = self._reader
+        if r is None:
+            raise MQTTError("not connected")
         while n:
-            got = await self._reader.readinto(memoryview(buf)[: min(n, len(buf))])
+            got = await r.readinto(memoryview(buf)[: min(n, len(buf))])
             if not got:
                 raise EOFError
             n -= got
@@ -235,13 +240,14 @@ class MQTTClient:
 
     async def _await_ack(self, data_for, timeout_ms, retries):
         pid = self._next_pid()
-        slot = [asyncio.Event(), None]
+        arrived = asyncio.Event()
+        slot = [arrived, None]
         self._waiting[pid] = slot
         try:
             for attempt in range(retries + 1):
                 await self._send(data_for(pid, attempt > 0))
                 try:
-                    await asyncio.wait_for_ms(slot[0].wait(), timeout_ms)
+                    await asyncio.wait_for_ms(arrived.wait(), timeout_ms)
                     return slot[1]
                 except asyncio.TimeoutError:
                     pass
