@@ -18,7 +18,7 @@ from cloud.http.openapi import build_openapi
 from cloud.http.registry import Api, Endpoint
 from cloud.payments.sandbox import SandboxProvider, run_capture_worker
 from cloud.pki import CertificateAuthority
-from cloud.routes import auth, gateways, machines, orders, sites, users
+from cloud.routes import auth, claims, gateways, machines, orders, sites, users
 from cloud.settings import CloudSettings
 from cloud.sync import channel
 from cloud.sync import routes as sync_routes
@@ -32,6 +32,7 @@ PUBLIC_APIS: tuple[Api, ...] = (
     gateways.api,
     machines.api,
     orders.api,
+    claims.api,
 )
 SYNC_APIS: tuple[Api, ...] = (sync_routes.api, channel.api)
 OPENAPI = web.AppKey("openapi", dict)

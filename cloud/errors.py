@@ -45,3 +45,10 @@ class IntegrationFailed(CloudError):
 
 class ConfigurationError(CloudError):
     """Bad settings or data directory; fatal at start."""
+
+
+class Gone(CloudError):
+    """Existed once, never again: a used or expired one-time claim."""
+
+    status = 410
+    code = "gone"

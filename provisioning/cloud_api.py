@@ -4,24 +4,44 @@ Every call unwraps the success envelope and turns an error envelope into ``Cloud
 ``CloudUnreachable`` when nothing answered), so callers never parse envelopes themselves.
 """
 
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
+import jwt
 
 from provisioning.errors import CloudApiError, CloudUnreachable, NotLoggedIn
 
 API = "/api/v1"
 TIMEOUT_S = 15.0
+# Refresh a little before the access token's own expiry, so a slow request does not straddle it.
+REFRESH_SKEW_S = 30
+LOGIN_EXPIRED = "login expired, run vendctl login"
+
+_TOKEN_PATHS = frozenset({"/auth/login", "/auth/refresh", "/auth/logout"})
+
+TokensSaved = Callable[[str, str], None]
 
 
 class CloudApi:
     """``async with CloudApi(url) as api: await api.login(email, password); ...``"""
 
-    def __init__(self, base_url: str, *, access_token: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        access_token: str | None = None,
+        refresh_token: str | None = None,
+        on_tokens: TokensSaved | None = None,
+    ) -> None:
+        """With ``refresh_token`` and ``on_tokens``, an expired access token is refreshed (and
+        the rotated pair handed to ``on_tokens`` to be saved) before or after a 401."""
         self.base_url = base_url.rstrip("/")
         self.access_token = access_token
-        self.refresh_token: str | None = None
+        self.refresh_token: str | None = refresh_token
+        self._on_tokens = on_tokens
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -38,7 +58,40 @@ class CloudApi:
             await self._session.close()
             self._session = None
 
+    @property
+    def _auto_refresh(self) -> bool:
+        return self._on_tokens is not None and self.refresh_token is not None
+
     async def request(self, method: str, path: str, body: Any = None) -> Any:
+        if not self._auto_refresh or path in _TOKEN_PATHS:
+            return await self._send(method, path, body)
+        await self.ensure_fresh()
+        try:
+            return await self._send(method, path, body)
+        except NotLoggedIn:
+            # Revoked or signed with a rotated secret although not yet expired: one retry.
+            await self._renew()
+        return await self._send(method, path, body)
+
+    async def ensure_fresh(self) -> None:
+        """Refresh now when the access token is missing or about to expire."""
+        if not self._auto_refresh:
+            return
+        if _expires_at(self.access_token) > time.time() + REFRESH_SKEW_S:
+            return
+        await self._renew()
+
+    async def _renew(self) -> None:
+        if self.refresh_token is None:
+            raise NotLoggedIn(LOGIN_EXPIRED)
+        try:
+            await self.refresh(self.refresh_token)
+        except NotLoggedIn as exc:
+            raise NotLoggedIn(LOGIN_EXPIRED, status=exc.status, code=exc.code) from exc
+        if self._on_tokens is not None and self.access_token and self.refresh_token:
+            self._on_tokens(self.access_token, self.refresh_token)
+
+    async def _send(self, method: str, path: str, body: Any = None) -> Any:
         if self._session is None:
             raise RuntimeError("use CloudApi as an async context manager")
         headers = {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
@@ -82,6 +135,9 @@ class CloudApi:
     async def profile(self) -> dict[str, Any]:
         return dict(await self.request("GET", "/auth/profile"))
 
+    async def logout(self, refresh_token: str) -> dict[str, Any]:
+        return dict(await self.request("POST", "/auth/logout", {"refresh_token": refresh_token}))
+
     # --- sites, gateways, machines -------------------------------------------------------------
 
     async def create_site(self, name: str, address: str | None = None) -> dict[str, Any]:
@@ -122,3 +178,27 @@ class CloudApi:
 
     async def order(self, order_id: str) -> dict[str, Any]:
         return dict(await self.request("GET", f"/orders/{order_id}"))
+
+    # --- claim codes -----------------------------------------------------------------------------
+
+    async def create_claim(
+        self, machine_id: str, *, ciphertext: str, nonce: str, code_hash: str, ttl_s: int
+    ) -> dict[str, Any]:
+        body = {"ciphertext": ciphertext, "nonce": nonce, "code_hash": code_hash, "ttl_s": ttl_s}
+        return dict(await self.request("POST", f"/machines/{machine_id}/claims", body))
+
+    async def redeem_claim(self, code_hash: str) -> dict[str, Any]:
+        """Public: no login needed; the code's hash is the credential."""
+        return dict(await self.request("POST", "/claims/redeem", {"code_hash": code_hash}))
+
+
+def _expires_at(token: str | None) -> float:
+    """The ``exp`` of a JWT read without verifying it (only the cloud can verify; this is just
+    to avoid a round trip that is bound to fail). Unreadable tokens count as expired."""
+    if not token:
+        return 0.0
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        return float(claims.get("exp", 0))
+    except (jwt.InvalidTokenError, TypeError, ValueError):
+        return 0.0

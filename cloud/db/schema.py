@@ -251,3 +251,21 @@ channel_messages = sa.Table(
     sa.Column("acked_at", Ts, nullable=True),
     sa.Index("ix_channel_messages_pending", "gateway_id", "acked_at"),
 )
+
+# One-time claim codes: the technician's tool encrypts the device bundle with a key derived from
+# a code the cloud never sees; the cloud keeps the ciphertext and the code's SHA-256 until the
+# claim is redeemed once or expires.
+machine_claims = sa.Table(
+    "machine_claims",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("machine_id", Id, sa.ForeignKey("machines.id"), nullable=False, index=True),
+    sa.Column("code_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("ciphertext", sa.Text, nullable=True),
+    sa.Column("nonce", sa.String(32), nullable=False),
+    sa.Column("expires_at", Ts, nullable=False),
+    sa.Column("redeemed_at", Ts, nullable=True),
+    sa.Column("created_by", Id, nullable=True),
+    sa.Column("created_at", Ts, nullable=False),
+)
