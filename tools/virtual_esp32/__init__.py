@@ -8,7 +8,7 @@ from tools.virtual_esp32.errors import (
     SimControlError,
     VirtualDeviceError,
 )
-from tools.virtual_esp32.flash import FIRMWARE_DIR, install
+from tools.virtual_esp32.flash import FIRMWARE_DIR, erase_flash, install
 
 __all__ = [
     "FIRMWARE_DIR",
@@ -18,5 +18,6 @@ __all__ = [
     "SimControlError",
     "VirtualDevice",
     "VirtualDeviceError",
+    "erase_flash",
     "install",
 ]

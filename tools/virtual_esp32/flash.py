@@ -65,3 +65,15 @@ def install(flash_dir: Path, config: dict[str, object], *, precompile: bool = Tr
                 stale.unlink(missing_ok=True)
             shutil.copyfile(source, target)
     write_config(flash_dir, config)
+
+
+def erase_flash(flash_dir: Path) -> Path:
+    """An empty flash: no firmware, no config, no journal (as after ``esptool erase-flash`` and
+    a fresh MicroPython). The directory is created if missing; everything in it is removed."""
+    flash_dir.mkdir(parents=True, exist_ok=True)
+    for entry in flash_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return flash_dir
