@@ -27,5 +27,8 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+demo: $(STAMP)
+	$(PY) -m tools.demo
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
