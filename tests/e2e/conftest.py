@@ -24,39 +24,48 @@ from tools.virtual_esp32 import VirtualDevice
 
 
 @pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    """Cloud + enrolled gateway + two machines, each with its firmware online."""
+async def bare_site(tmp_path: Path) -> AsyncIterator[Site]:
+    """Cloud with a tenant, an admin and a site, and the site's gateway enrolled; no machines."""
     async with contextlib.AsyncExitStack() as stack:
         cloud = await stack.enter_async_context(CloudServer(cloud_settings(tmp_path)))
         await cloud.create_tenant("E2E Vending", ADMIN_EMAIL, ADMIN_PASSWORD)
         admin = await stack.enter_async_context(CloudApi(cloud.api_url))
         await admin.login(ADMIN_EMAIL, ADMIN_PASSWORD)
         site_id = (await admin.create_site("E2E site", "Loopback"))["id"]
-        machines = [await onboard(admin, site_id, name) for name in ("Lobby", "Canteen")]
         token = await admin.enrollment_token(site_id)
-
         gateway = await stack.enter_async_context(
             Gateway(gateway_settings(tmp_path, cloud.api_url, token))
         )
 
-        async def machines_pulled() -> bool:
-            return len(await gateway.store.list_machines()) == len(machines)
+        async def enrolled() -> bool:
+            return bool(gateway.cloud.status()["enrolled"])
 
-        await wait_for(machines_pulled)
+        await wait_for(enrolled)
         http = await stack.enter_async_context(aiohttp.ClientSession(base_url=gateway.http_url))
-        site = Site(tmp_path, cloud, admin, site_id, gateway, http, machines)
+        yield Site(tmp_path, cloud, admin, site_id, gateway, http)
 
-        for machine in machines:
-            flash = tmp_path / f"flash-{machine.id}"
+
+@pytest.fixture
+async def site(bare_site: Site) -> AsyncIterator[Site]:
+    """``bare_site`` plus two machines onboarded through the API, each with its firmware online."""
+    site, gateway = bare_site, bare_site.gateway
+    site.machines = [await onboard(site.admin, site.site_id, n) for n in ("Lobby", "Canteen")]
+
+    async def machines_pulled() -> bool:
+        return len(await gateway.store.list_machines()) == len(site.machines)
+
+    await wait_for(machines_pulled)
+    async with contextlib.AsyncExitStack() as stack:
+        for machine in site.machines:
+            flash = site.root / f"flash-{machine.id}"
             VirtualDevice.install(flash, device_config(machine, gateway.mqtt_port))
             machine.device = await stack.enter_async_context(VirtualDevice(flash))
-        for machine in machines:
+        for machine in site.machines:
             assert machine.device is not None
             await machine.device.wait_online(timeout=20)
 
         async def all_online() -> bool:
-            listed = await gateway.store.list_machines()
-            return all(m.online for m in listed)
+            return all(m.online for m in await gateway.store.list_machines())
 
         await wait_for(all_online)
         yield site

@@ -113,7 +113,10 @@ class Site:
             return dict((await response.json())["data"])
 
     async def kiosk_catalog(self, machine: Machine) -> dict[str, int]:
-        async with self.http.get(f"/api/v1/machines/{machine.id}/catalog") as response:
+        return await self.kiosk_catalog_by_id(machine.id)
+
+    async def kiosk_catalog_by_id(self, machine_id: str) -> dict[str, int]:
+        async with self.http.get(f"/api/v1/machines/{machine_id}/catalog") as response:
             assert response.status == 200
             return {item["slot"]: item["quantity"] for item in (await response.json())["data"]}
 
