@@ -23,6 +23,7 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(VENV)/bin/python tools/services.py ensure
+	$(VENV)/bin/python tools/browser.py ensure
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -1,5 +1,6 @@
 """The embedded amqtt broker as an async context manager."""
 
+import asyncio
 import logging
 from types import TracebackType
 
@@ -11,6 +12,8 @@ from edge.errors import BrokerStartError
 from edge.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+
+BROKER_SHUTDOWN_TIMEOUT_S = 5.0
 
 _AUTH = f"{DeviceAuthPlugin.__module__}.{DeviceAuthPlugin.__qualname__}"
 _TOPIC = f"{DeviceTopicPlugin.__module__}.{DeviceTopicPlugin.__qualname__}"
@@ -61,7 +64,12 @@ class EmbeddedBroker:
     ) -> None:
         if self._broker is not None:
             try:
-                await self._broker.shutdown()
+                # amqtt's shutdown can wait forever on a client handler that raced a disconnect;
+                # a gateway that is stopping must stop.
+                async with asyncio.timeout(BROKER_SHUTDOWN_TIMEOUT_S):
+                    await self._broker.shutdown()
+            except TimeoutError:
+                log.warning("broker shutdown took over %.0fs; abandoned", BROKER_SHUTDOWN_TIMEOUT_S)
             except Exception:
                 log.exception("broker shutdown failed")
             self._broker = None

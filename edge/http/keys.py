@@ -1,5 +1,6 @@
 """Typed keys of the gateway's aiohttp application."""
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,3 +18,5 @@ STORE = web.AppKey("store", GatewayStore)
 ENGINE = web.AppKey("engine", VendEngine)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 HEALTH: web.AppKey[HealthProbe] = web.AppKey("health")
+# Open order-event streams, ended at shutdown rather than waited for.
+STREAMS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("streams")

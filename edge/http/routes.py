@@ -1,4 +1,4 @@
-"""Kiosk API routes (``/api/v1``), ``/health`` and ``/metrics``."""
+"""Kiosk API routes (``/api/v1``), ``/health`` and ``/metrics`` (page: ``kiosk_page``)."""
 
 import asyncio
 import json
@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from contracts.orders import TERMINAL_ORDER_STATUSES
-from edge.http import keys
+from edge.http import keys, kiosk_page
 from edge.http.envelope import ApiError, ok
 from edge.http.schemas import IDEMPOTENCY_KEY_PATTERN, CreateOrderRequest
 
@@ -85,6 +85,10 @@ async def order_events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     sent_version = -1
+    streams = request.app[keys.STREAMS]
+    task = asyncio.current_task()
+    assert task is not None
+    streams.add(task)
     try:
         while True:
             seen = store.changes.order_seq(order_id)
@@ -101,8 +105,16 @@ async def order_events(request: web.Request) -> web.StreamResponse:
                 await response.write(b": keepalive\n\n")
     except (ConnectionResetError, asyncio.CancelledError):
         return response
+    finally:
+        streams.discard(task)
     await response.write_eof()
     return response
+
+
+async def _end_streams(app: web.Application) -> None:
+    streams = app[keys.STREAMS]
+    for task in tuple(streams):
+        task.cancel()
 
 
 async def health(request: web.Request) -> web.Response:
@@ -128,3 +140,6 @@ def setup(app: web.Application) -> None:
     app.router.add_post(f"{API}/orders/{{order_id}}/cancel", cancel_order)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    kiosk_page.setup(app)
+    app[keys.STREAMS] = set()
+    app.on_shutdown.append(_end_streams)

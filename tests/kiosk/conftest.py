@@ -1,0 +1,97 @@
+"""Fixtures for the kiosk page tests: a real gateway, the real firmware, headless Chromium."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from kiosk_support import KioskCreds, kiosk_gateway_settings, load_kiosk_site, wait_until
+from playwright.async_api import Browser, Page, async_playwright
+
+from contracts.credentials import hash_secret, new_command_key, new_mqtt_secret
+from edge.app import Gateway
+from tools.browser import LAUNCH_ARGS, BrowserUnavailable, ensure_chromium
+from tools.virtual_esp32 import VirtualDevice
+
+VIEWPORT = {"width": 1024, "height": 768}
+
+
+@pytest.fixture(scope="session")
+def kiosk_creds() -> dict[str, KioskCreds]:
+    out = {}
+    for machine_id in ("M1", "M2"):
+        secret = new_mqtt_secret()
+        out[machine_id] = KioskCreds(
+            machine_id, secret, new_command_key(), hash_secret(secret, iterations=1000)
+        )
+    return out
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> Path:
+    try:
+        return ensure_chromium()
+    except BrowserUnavailable as exc:
+        pytest.fail(f"kiosk page tests need Chromium: {exc}")
+
+
+@pytest.fixture
+async def kiosk_gateway(
+    tmp_path: Path, kiosk_creds: dict[str, KioskCreds]
+) -> AsyncIterator[Gateway]:
+    async with Gateway(kiosk_gateway_settings(tmp_path / "gw")) as gw:
+        await load_kiosk_site(gw, kiosk_creds)
+        yield gw
+
+
+@pytest.fixture
+async def kiosk_device(
+    tmp_path: Path, kiosk_gateway: Gateway, kiosk_creds: dict[str, KioskCreds]
+) -> AsyncIterator[VirtualDevice]:
+    """The real firmware for M1 in the MicroPython unix port, online at the gateway."""
+    m1 = kiosk_creds["M1"]
+    flash = tmp_path / "flash-M1"
+    config: dict[str, object] = {
+        "machine_id": "M1",
+        "mqtt_host": "127.0.0.1",
+        "mqtt_port": kiosk_gateway.mqtt_port,
+        "mqtt_password": m1.secret,
+        "command_key": m1.command_key,
+        "sim_slots": {"A1": 5, "A2": 2},
+        "motor_ms": 50,
+        "drop_timeout_ms": 300,
+        "resend_interval_s": 1,
+    }
+    await asyncio.to_thread(VirtualDevice.install, flash, config)
+    async with VirtualDevice(flash) as dev:
+        await dev.wait_online(timeout=20)
+        yield dev
+
+    # amqtt's shutdown can hang when it races a client's disconnect, so the gateway is only
+    # stopped once it has seen the device go.
+    async def offline() -> bool:
+        return (await kiosk_gateway.store.device_counts())["online"] == 0
+
+    await wait_until(offline, within=10)
+
+
+@pytest.fixture
+async def browser(chromium_path: Path) -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(
+            executable_path=str(chromium_path), args=list(LAUNCH_ARGS), headless=True
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport=VIEWPORT, locale="en-IN")  # type: ignore[arg-type]
+    context.set_default_timeout(10_000)
+    try:
+        yield await context.new_page()
+    finally:
+        await context.close()

@@ -1,0 +1,92 @@
+"""Helpers for the kiosk page tests: the site the gateway is loaded with, settings, polling."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from contracts.sync import CatalogItemState, MachineState, StateResponse
+from edge.app import Gateway
+from edge.settings import GatewaySettings
+
+# slot -> (name, category, price in paise, quantity)
+KIOSK_CATALOG: dict[str, tuple[str, str, int, int]] = {
+    "A1": ("Masala Chips", "snacks", 2000, 5),
+    "A2": ("Mango Juice", "drinks", 3550, 2),
+    "B1": ("Choco Bar", "sweets", 1250, 0),
+}
+
+
+@dataclass
+class KioskCreds:
+    id: str
+    secret: str
+    command_key: str
+    secret_hash: str
+
+
+def kiosk_machine(
+    machine_id: str, creds: KioskCreds, catalog: dict[str, tuple[str, str, int, int]]
+) -> MachineState:
+    return MachineState(
+        id=machine_id,
+        tenant_id="t1",
+        site_id="s1",
+        name=f"Lobby {machine_id}",
+        location="Ground floor",
+        status="active",
+        mqtt_secret_hash=creds.secret_hash,
+        command_key=creds.command_key,
+        currency="INR",
+        catalog=[
+            CatalogItemState(
+                id=f"{machine_id}-{slot}",
+                slot=slot,
+                name=name,
+                category=category,
+                price=price,
+                currency="INR",
+                quantity=quantity,
+                stock_rev=0,
+            )
+            for slot, (name, category, price, quantity) in catalog.items()
+        ],
+        version=1,
+    )
+
+
+def kiosk_gateway_settings(data_dir: Path) -> GatewaySettings:
+    return GatewaySettings(
+        data_dir=data_dir,
+        http_port=0,
+        mqtt_port=0,
+        zeroconf_enabled=False,
+        dispense_resend_s=0.5,
+        dispense_give_up_s=5.0,
+        engine_tick_s=0.2,
+    )
+
+
+async def load_kiosk_site(gateway: Gateway, creds: dict[str, KioskCreds]) -> None:
+    await gateway.store.apply_state(
+        StateResponse(
+            cursor=1,
+            machines=[
+                kiosk_machine("M1", creds["M1"], KIOSK_CATALOG),
+                kiosk_machine("M2", creds["M2"], {"A1": ("Masala Chips", "snacks", 2000, 3)}),
+            ],
+        )
+    )
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[Any]], *, within: float = 10.0, interval: float = 0.05
+) -> Any:
+    """Poll ``probe`` until it returns something truthy; fail after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while True:
+            value = await probe()
+            if value:
+                return value
+            await asyncio.sleep(interval)
