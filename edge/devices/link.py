@@ -8,7 +8,6 @@ It also publishes signed dispense commands (QoS 1).
 
 import asyncio
 import logging
-import random
 from types import TracebackType
 
 from amqtt.client import MQTTClient
@@ -25,6 +24,7 @@ from contracts.device_messages import (
     Inventory,
     Presence,
 )
+from edge.backoff import Backoff
 from edge.errors import DeviceLinkError
 from edge.metrics import GatewayMetrics
 from edge.settings import GatewaySettings
@@ -100,7 +100,7 @@ class DeviceLink:
         return f"{scheme}://{user}:{self._settings.mqtt_password}@{rest}"
 
     async def _run(self) -> None:
-        attempt = 0
+        backoff = Backoff(0.2, self._settings.sync_backoff_max_s)
         while True:
             client = MQTTClient(
                 client_id=self._settings.gateway_client_id,
@@ -113,12 +113,11 @@ class DeviceLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                attempt += 1
-                delay = random.uniform(0, min(0.2 * 2**attempt, self._settings.sync_backoff_max_s))
+                delay = backoff.next()
                 log.warning("broker connect failed (%s); retry in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            attempt = 0
+            backoff.reset()
             self._client = client
             self._connected.set()
             log.info("device link connected to %s", self._broker_url)

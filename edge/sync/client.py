@@ -33,8 +33,8 @@ from contracts.sync import (
     PushBatch,
     StateResponse,
 )
+from edge.backoff import Backoff
 from edge.errors import CloudRejected, CloudUnavailable, GatewayError, NotEnrolled
-from edge.sync.backoff import Backoff
 from edge.sync.identity import Enrollment, Identity
 from edge.sync.ports import SyncStore
 

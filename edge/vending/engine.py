@@ -16,6 +16,7 @@ from typing import Protocol
 
 from contracts.orders import PaymentMethod
 from contracts.sync import PaymentCreate
+from edge.backoff import Backoff
 from edge.errors import CloudRejected, CloudUnavailable, DeviceLinkError, PaymentUnavailable
 from edge.metrics import GatewayMetrics
 from edge.settings import GatewaySettings
@@ -108,17 +109,16 @@ class VendEngine:
                 await self._store.changes.wait_any(seen, self._settings.engine_tick_s)
 
     async def _machine_worker(self, machine_id: str) -> None:
-        failures = 0
+        backoff = Backoff(1.0, self._settings.sync_backoff_max_s)
         while True:
             try:
                 pending = [o for o, m in await self._store.orders_to_dispense() if m == machine_id]
                 if not pending:
                     return
                 await self._dispense_order(pending[0])
-                failures = 0
+                backoff.reset()
             except Exception:
-                failures += 1
-                delay = min(0.5 * 2**failures, self._settings.sync_backoff_max_s)
+                delay = backoff.next()
                 log.exception("vend worker for %s failed; retry in %.1fs", machine_id, delay)
                 await asyncio.sleep(delay)
 

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from polling import wait_for
 
 from cloud.auth.passwords import Passwords
 from cloud.bootstrap import create_tenant_with_admin
@@ -282,16 +283,6 @@ async def enroll(cloud: CloudServer, tenant: Tenant, tmp_path: Path) -> AsyncIte
     yield do_enroll
     for session in sessions:
         await session.close()
-
-
-async def wait_for(predicate: Any, limit_s: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll an async predicate until it returns something truthy."""
-    async with asyncio.timeout(limit_s):
-        while True:
-            result = await predicate()
-            if result:
-                return result
-            await asyncio.sleep(interval)
 
 
 @pytest.fixture

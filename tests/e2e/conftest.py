@@ -14,8 +14,8 @@ from e2e_site import (
     device_config,
     gateway_settings,
     onboard,
-    wait_for,
 )
+from polling import wait_for
 
 from cloud.server import CloudServer
 from edge.app import Gateway

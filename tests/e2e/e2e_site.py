@@ -5,13 +5,12 @@ embedded amqtt broker, enrolled over the cloud's API and talking mTLS, and the f
 in the MicroPython unix port under a 96K heap.
 """
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from polling import wait_for
 
 from cloud.server import CloudServer
 from cloud.settings import CloudSettings
@@ -59,18 +58,6 @@ def gateway_settings(root: Path, cloud_url: str, token: str) -> GatewaySettings:
         dispense_give_up_s=10.0,
         engine_tick_s=0.2,
     )
-
-
-async def wait_for(
-    probe: Callable[[], Awaitable[Any]], *, within: float = 20.0, interval: float = 0.1
-) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail after ``within`` seconds."""
-    async with asyncio.timeout(within):
-        while True:
-            value = await probe()
-            if value:
-                return value
-            await asyncio.sleep(interval)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 from collections import Counter
 from urllib.parse import urlsplit
 
-from e2e_site import Site, cloud_settings, wait_for
+from e2e_site import Site, cloud_settings
+from polling import wait_for
 
 from cloud.server import CloudServer
 

@@ -1,6 +1,7 @@
 """A jammed slot: the order ends refund_pending, the failed item is recorded, stock is right."""
 
-from e2e_site import Site, wait_for
+from e2e_site import Site
+from polling import wait_for
 
 
 async def test_jammed_slot_gives_refund_pending_and_keeps_stock_right(site: Site) -> None:

@@ -9,7 +9,8 @@ import re
 import sys
 from pathlib import Path
 
-from e2e_site import ADMIN_EMAIL, ADMIN_PASSWORD, Site, wait_for
+from e2e_site import ADMIN_EMAIL, ADMIN_PASSWORD, Site
+from polling import wait_for
 
 from tools.virtual_esp32 import VirtualDevice
 

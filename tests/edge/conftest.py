@@ -11,7 +11,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from gw_support import MachineCreds, Mosquitto, gateway_settings, load_site, wait_for
+from gw_support import MachineCreds, Mosquitto, gateway_settings, load_site
+from polling import wait_for
 
 from contracts.credentials import hash_secret, new_command_key, new_mqtt_secret
 from edge.app import Gateway

@@ -1,7 +1,5 @@
 """Helpers shared by the gateway tests (machines, settings, polling)."""
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,18 +84,6 @@ async def load_site(gateway: Gateway, creds: dict[str, MachineCreds]) -> None:
             ],
         )
     )
-
-
-async def wait_for(
-    probe: Callable[[], Awaitable[Any]], *, within: float = 10.0, interval: float = 0.05
-) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail after ``within`` seconds."""
-    async with asyncio.timeout(within):
-        while True:
-            value = await probe()
-            if value:
-                return value
-            await asyncio.sleep(interval)
 
 
 async def order_status(gateway: Gateway, order_id: str) -> str:

@@ -7,7 +7,8 @@ import pytest
 from amqtt.client import MQTTClient
 from amqtt.errors import ConnectError
 from amqtt.mqtt.constants import QOS_1
-from gw_support import MachineCreds, make_machine, wait_for
+from gw_support import MachineCreds, make_machine
+from polling import wait_for
 
 from contracts.sync import StateResponse
 from edge.app import Gateway

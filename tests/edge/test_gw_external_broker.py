@@ -10,8 +10,8 @@ from gw_support import (
     gateway_settings,
     load_site,
     order_status,
-    wait_for,
 )
+from polling import wait_for
 
 from edge.app import Gateway
 

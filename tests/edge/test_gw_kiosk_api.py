@@ -200,7 +200,8 @@ async def test_sse_streams_changes_until_terminal(
 
 
 async def test_unpaid_orders_expire(tmp_path: Any, creds: Any) -> None:
-    from gw_support import gateway_settings, load_site, wait_for
+    from gw_support import gateway_settings, load_site
+    from polling import wait_for
 
     settings = gateway_settings(tmp_path / "gw", order_payment_timeout_s=0.3)
     async with Gateway(settings) as gw:

@@ -6,7 +6,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gw_support import MachineCreds, order_status, wait_for
+from gw_support import MachineCreds, order_status
+from polling import wait_for
 
 from edge.app import Gateway
 from tools.virtual_esp32 import VirtualDevice

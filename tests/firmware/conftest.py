@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from brokers import anonymous_amqtt
 from fw_support import (
     BrokerInfo,
     DeviceFactory,
@@ -11,7 +12,6 @@ from fw_support import (
     device_key,
     device_password,
     open_gateway,
-    run_amqtt,
     run_mosquitto,
 )
 
@@ -24,7 +24,7 @@ async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         with run_mosquitto(tmp_path) as port:
             yield BrokerInfo("mosquitto", "127.0.0.1", port)
     else:
-        async with run_amqtt() as port:
+        async with anonymous_amqtt() as port:
             yield BrokerInfo("amqtt", "127.0.0.1", port)
 
 

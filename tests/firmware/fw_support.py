@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from amqtt.broker import Broker
 from amqtt.client import MQTTClient
 
 from contracts import topics
@@ -118,25 +117,6 @@ def run_mosquitto(tmp: Path, port: int | None = None, *, persist: bool = False) 
         proc.wait()
         log.close()
     pytest.fail("mosquitto did not start: " + (tmp / "mosquitto.log").read_text())
-
-
-@contextlib.asynccontextmanager
-async def run_amqtt() -> AsyncIterator[int]:
-    broker = Broker(
-        {
-            "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            },
-        }
-    )
-    await broker.start()
-    try:
-        server = broker._servers["default"].instance
-        assert server is not None
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        await broker.shutdown()
 
 
 @dataclass

@@ -5,8 +5,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from kiosk_support import KioskCreds, kiosk_gateway_settings, load_kiosk_site, wait_until
+from kiosk_support import KioskCreds, kiosk_gateway_settings, load_kiosk_site
 from playwright.async_api import Browser, Page, async_playwright
+from polling import wait_for
 
 from contracts.credentials import hash_secret, new_command_key, new_mqtt_secret
 from edge.app import Gateway
@@ -72,7 +73,7 @@ async def kiosk_device(
     async def offline() -> bool:
         return (await kiosk_gateway.store.device_counts())["online"] == 0
 
-    await wait_until(offline, within=10)
+    await wait_for(offline, within=10)
 
 
 @pytest.fixture

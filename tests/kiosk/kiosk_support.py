@@ -1,10 +1,7 @@
 """Helpers for the kiosk page tests: the site the gateway is loaded with, settings, polling."""
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from contracts.sync import CatalogItemState, MachineState, StateResponse
 from edge.app import Gateway
@@ -78,15 +75,3 @@ async def load_kiosk_site(gateway: Gateway, creds: dict[str, KioskCreds]) -> Non
             ],
         )
     )
-
-
-async def wait_until(
-    probe: Callable[[], Awaitable[Any]], *, within: float = 10.0, interval: float = 0.05
-) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail after ``within`` seconds."""
-    async with asyncio.timeout(within):
-        while True:
-            value = await probe()
-            if value:
-                return value
-            await asyncio.sleep(interval)

@@ -4,8 +4,9 @@ import os
 from pathlib import Path
 
 import aiohttp
-from kiosk_support import KioskCreds, kiosk_gateway_settings, load_kiosk_site, wait_until
+from kiosk_support import KioskCreds, kiosk_gateway_settings, load_kiosk_site
 from playwright.async_api import ConsoleMessage, Page, Route, expect
+from polling import wait_for
 
 from contracts.sync import PaymentCreate, PaymentIntent
 from edge.app import Gateway
@@ -45,7 +46,7 @@ async def test_buy_with_cash_until_completed(
     async def m1_online() -> bool:
         return (await kiosk_gateway.store.device_counts())["online"] == 1
 
-    await wait_until(m1_online)
+    await wait_for(m1_online)
     await page.goto(f"{kiosk_gateway.http_url}/?machine=M1")
     assert page.url.endswith("/kiosk?machine=M1")  # "/" redirects to the page, keeping the query
 

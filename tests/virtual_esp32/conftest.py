@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from amqtt.broker import Broker
+from brokers import anonymous_amqtt
 from vesp_support import Mpremote
 
 from tools.virtual_esp32 import VirtualDevice
@@ -51,18 +51,5 @@ async def blank_board(tmp_path: Path) -> AsyncIterator[VirtualDevice]:
 @pytest.fixture
 async def broker_port() -> AsyncIterator[int]:
     """An anonymous amqtt broker on an ephemeral loopback port."""
-    broker = Broker(
-        {
-            "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            },
-        }
-    )
-    await broker.start()
-    try:
-        server = broker._servers["default"].instance
-        assert server is not None
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        await broker.shutdown()
+    async with anonymous_amqtt() as port:
+        yield port
