@@ -15,6 +15,7 @@ from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
+from contracts import topics
 from contracts.credentials import CredentialFormatError, verify_secret
 from edge.broker import acl
 
@@ -49,6 +50,12 @@ class BrokerAuthority:
             )
         if session.client_id != username:
             log.info("refused %s: client id must equal the machine id", username)
+            return False
+        # amqtt publishes a last will without asking the topic plugin, so the will is checked
+        # here: a device's only will is its own presence (else a dropped connection could
+        # "publish" a cash credit for another machine).
+        if session.will_flag and session.will_topic != topics.topic(username, topics.PRESENCE):
+            log.warning("refused %s: last will on %r", username, session.will_topic)
             return False
         stored = await self.secret_hash(username)
         if stored is None:

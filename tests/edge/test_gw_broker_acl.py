@@ -132,3 +132,24 @@ async def test_decommissioned_machine_is_refused(
     with pytest.raises(ConnectError):
         async with mqtt(gateway, "M2", "M2", creds["M2"].secret):
             pass
+
+
+def _with_will(topic: str, payload: str) -> MQTTClient:
+    will = {"topic": topic, "message": payload, "qos": 1, "retain": False}
+    return MQTTClient(client_id="M1", config={"auto_reconnect": False, "will": will})
+
+
+async def test_last_will_outside_own_presence_is_refused(
+    gateway: Gateway, creds: dict[str, MachineCreds]
+) -> None:
+    # The broker publishes a will without the topic plugin: a will on M2's cash topic would
+    # credit M2 when M1's connection drops.
+    url = f"mqtt://M1:{creds['M1'].secret}@127.0.0.1:{gateway.mqtt_port}"
+    forged = _with_will("devices/M2/events/cash", '{"id":"willforge01","amount":2000,"ts":1}')
+    with pytest.raises(ConnectError):
+        await forged.connect(url)
+    honest = _with_will("devices/M1/status/presence", '{"online": false}')
+    await honest.connect(url)
+    await honest.disconnect()
+    rows = await gateway.store.query("SELECT id FROM cash_credits")
+    assert rows == []
