@@ -2,11 +2,18 @@
 
 Mosquitto checks passwords from its own password file (``mosquitto_passwd``), so operators add
 each machine there when they onboard it; the ACL below is generated from ``contracts.topics`` so
-it cannot drift from the embedded broker's rules. Mosquitto cannot force client id = username,
-so ``%u`` (the username = machine id) is what scopes a device.
+it cannot drift from the embedded broker's rules. ``%u`` (the username = machine id) is what
+scopes a device, and ``REQUIRED_CONFIG`` makes Mosquitto use the username as the client id, so no
+device can take over another's session (or the gateway's, by connecting as client ``gateway``).
 """
 
 from contracts import topics
+
+# Lines every Mosquitto config for a gateway needs (besides password_file and acl_file) ...
+REQUIRED_CONFIG = "per_listener_settings false\nallow_anonymous false\n"
+# ... and these after each of its ``listener`` lines (a listener option placed before any
+# listener makes Mosquitto open a default listener on 1883).
+LISTENER_CONFIG = "use_username_as_clientid true\n"
 
 
 def render_acl(gateway_client_id: str) -> str:

@@ -16,7 +16,7 @@ from polling import wait_for
 
 from contracts.credentials import hash_secret, new_command_key, new_mqtt_secret
 from edge.app import Gateway
-from edge.broker.mosquitto import render_acl
+from edge.broker.mosquitto import LISTENER_CONFIG, REQUIRED_CONFIG, render_acl
 
 
 @pytest.fixture(scope="session")
@@ -56,9 +56,9 @@ def _write_mosquitto_config(conf_dir: Path, users: dict[str, str]) -> int:
         port = int(probe.getsockname()[1])
     # "user" keeps the privileges of whoever runs the tests, so it can read the 0600 files.
     (conf_dir / "mosquitto.conf").write_text(
-        f"per_listener_settings false\nallow_anonymous false\npersistence false\n"
+        f"{REQUIRED_CONFIG}persistence false\n"
         f"user {getpass.getuser()}\npassword_file {passwd}\nacl_file {conf_dir / 'acl'}\n"
-        f"listener {port} 127.0.0.1\n"
+        f"listener {port} 127.0.0.1\n{LISTENER_CONFIG}"
     )
     return port
 
