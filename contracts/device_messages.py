@@ -6,13 +6,23 @@ Times are device-clock unix seconds (``ts``). Event ids are made on the device (
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
 from contracts.money import Currency, PositiveAmount
 from contracts.orders import DispenseOutcome
 
 MAX_PAYLOAD_BYTES = 4096
 
+MAX_REASON = 64
+
+
+def _clip(value: object) -> object:
+    # A result must never be refused for a long reason (the money event would be lost); it is
+    # cut to a size every store takes instead.
+    return value[:MAX_REASON] if isinstance(value, str) else value
+
+
+Reason = Annotated[str, BeforeValidator(_clip), Field(max_length=MAX_REASON)]
 EventId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 SlotCode = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^[A-Z0-9]+$")]
 
@@ -57,7 +67,7 @@ class DispenseResult(_Msg):
     item_id: str
     slot: SlotCode
     result: DispenseOutcome
-    reason: str | None = None
+    reason: Reason | None = None
     ts: StrictInt
 
 

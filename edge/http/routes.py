@@ -34,9 +34,14 @@ async def machine_catalog(request: web.Request) -> web.Response:
 
 async def _json_body(request: web.Request) -> Any:
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return json.loads(await request.text(), parse_constant=_no_constants)
+    # ValueError covers over-long integer literals, RecursionError absurd nesting.
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ApiError(400, "malformed_json", "request body is not valid JSON") from exc
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 async def create_order(request: web.Request) -> web.Response:
@@ -53,7 +58,7 @@ async def create_order(request: web.Request) -> web.Response:
             400,
             "validation_error",
             "request validation failed",
-            exc.errors(include_url=False, include_context=False),
+            exc.errors(include_url=False, include_context=False, include_input=False),
         ) from exc
     engine = request.app[keys.ENGINE]
     order, created = await engine.create_order(parsed.to_new_order(), key, parsed.fingerprint())

@@ -73,12 +73,30 @@ async def test_bad_orders_get_400(http: aiohttp.ClientSession, body: Any, code: 
     assert_envelope(payload, code)
 
 
-async def test_malformed_json_and_unknown_machine(http: aiohttp.ClientSession) -> None:
-    async with http.post(
-        "/api/v1/orders", data=b"{nope", headers={"Content-Type": "application/json"}
-    ) as response:
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{nope",
+        b"[" * 5000 + b"]" * 5000,  # nesting deep enough to exhaust the parser's recursion
+        b'{"machine_id": "M1", "items": [{"id": "M1-A1", "quantity": ' + b"9" * 5000 + b"}]}",
+        b'{"machine_id": "M1", "items": [{"id": "M1-A1", "quantity": NaN}]}',
+    ],
+    ids=["broken", "deep", "huge-int", "nan"],
+)
+async def test_malformed_json_is_400(http: aiohttp.ClientSession, raw: bytes) -> None:
+    headers = {"Content-Type": "application/json"}
+    async with http.post("/api/v1/orders", data=raw, headers=headers) as response:
         assert response.status == 400
         assert_envelope(await response.json(), "malformed_json")
+
+
+async def test_validation_errors_do_not_echo_input(http: aiohttp.ClientSession) -> None:
+    status, payload = await post_order(http, order_body(customer_phone="+0123-secret"))
+    assert status == 400
+    assert "+0123-secret" not in json.dumps(payload)
+
+
+async def test_unknown_machine_order_and_route(http: aiohttp.ClientSession) -> None:
     status, payload = await post_order(http, order_body(machine_id="M9"))
     assert status == 404
     assert_envelope(payload, "machine_not_found")
@@ -99,17 +117,22 @@ async def test_order_validation_details_are_pydantic_errors(http: aiohttp.Client
     assert ("customer_phone",) in locations and ("items", 0, "quantity") in locations
 
 
-async def test_insufficient_stock_is_409(http: aiohttp.ClientSession) -> None:
+async def test_insufficient_stock_is_409(http: aiohttp.ClientSession, gateway: Gateway) -> None:
     status, payload = await post_order(http, order_body(items=[{"id": "M1-A2", "quantity": 3}]))
     assert status == 409
     assert_envelope(payload, "insufficient_stock")
     assert payload["error"]["details"] == [{"id": "M1-A2", "requested": 3, "available": 2}]
     status, _ = await post_order(http, order_body(items=[{"id": "M1-B1", "quantity": 1}]))
     assert status == 409
-    status, _ = await post_order(http, order_body(items=[{"id": "M1-A2", "quantity": 2}]))
+    status, first = await post_order(http, order_body(items=[{"id": "M1-A2", "quantity": 2}]))
     assert status == 201
+    assert await gateway.store.stock("M1-A2") == (2, 2)
+    # One open cash order per machine: the unpaid first one is superseded and its units are
+    # available to the new one (reservations held by open orders: test_gw_store).
     status, _ = await post_order(http, order_body(items=[{"id": "M1-A2", "quantity": 1}]))
-    assert status == 409  # the first order holds the reservation
+    assert status == 201
+    assert await order_status(gateway, first["data"]["id"]) == "cancelled"
+    assert await gateway.store.stock("M1-A2") == (2, 1)
 
 
 async def test_idempotency_key_replays_the_same_order(http: aiohttp.ClientSession) -> None:
