@@ -9,6 +9,7 @@ again, and the outbox keeps every money event until the cloud has stored it.
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import time
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -44,6 +46,7 @@ M = TypeVar("M", bound=BaseModel)
 
 REQUEST_TIMEOUT_S = 15.0
 CHANNEL_HEARTBEAT_S = 20.0
+CHANNEL_HEALTHY_S = 30.0
 
 
 class SyncSettings(Protocol):
@@ -62,6 +65,7 @@ class CloudLink:
     def __init__(self, settings: SyncSettings, store: SyncStore) -> None:
         if not settings.cloud_url:
             raise NotEnrolled("CloudLink needs settings.cloud_url")
+        _require_safe_enrolment_url(settings.cloud_url)
         self._settings = settings
         self._cloud_url = settings.cloud_url.rstrip("/")
         self._store = store
@@ -194,7 +198,10 @@ class CloudLink:
                 self._note_error(f"push: {exc}")
                 await asyncio.sleep(backoff.next())
                 continue
-            await self._store.outbox_acknowledged(ack.ack_seq)
+            # Never mark more than this batch as sent: after a restored or replaced gateway
+            # database the cloud's remembered high-water mark can lie above events it has never
+            # seen, and trusting it would silently drop them.
+            await self._store.outbox_acknowledged(min(ack.ack_seq, events[-1].seq))
             backoff.reset()
             self._state["pushed_events"] += ack.accepted
             self._state["last_push_at"] = time.time()
@@ -223,19 +230,21 @@ class CloudLink:
         assert self._enrollment is not None
         url = f"{self._enrollment.sync_url}{SYNC_PREFIX}/channel"
         while True:
+            opened = time.monotonic()
             try:
                 await self._channel_session(url, backoff)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self._note_error(f"channel: {exc!r}")
             finally:
                 self._state["channel_connected"] = False
+            if time.monotonic() - opened > CHANNEL_HEALTHY_S:
+                backoff.reset()  # a long-lived session was fine; reconnect at once
             await asyncio.sleep(backoff.next())
 
     async def _channel_session(self, url: str, backoff: Backoff) -> None:
         session = self._require_session()
         async with session.ws_connect(url, heartbeat=CHANNEL_HEARTBEAT_S) as ws:
             self._state["channel_connected"] = True
-            backoff.reset()
             self._pull_now.set()  # anything may have changed while we were away
             async for frame in ws:
                 if frame.type != aiohttp.WSMsgType.TEXT:
@@ -250,11 +259,16 @@ class CloudLink:
                 try:
                     await self._handle(message)
                 except (ValidationError, GatewayError) as exc:
-                    # Not acked: the cloud sends it again on the next connection, by which
-                    # time the state it needs (e.g. the order) may have arrived.
+                    # Not acked. The cloud re-sends unacked messages on a new connection, so
+                    # reconnect (after backoff) instead of leaving this one parked until the
+                    # link happens to drop.
                     log.warning("channel message %s not applied: %s", message.id, exc)
-                    continue
+                    await ws.close()
+                    return
                 await ws.send_str(ChannelAck(id=message.id).model_dump_json())
+                # Only a message that went through proves the link healthy; a message that
+                # keeps failing must not turn reconnects into a tight loop.
+                backoff.reset()
 
     async def _handle(self, message: ChannelMessage) -> None:
         if message.type == "payment.update":
@@ -284,6 +298,25 @@ class CloudLink:
         if self._state["last_error"] != text:
             log.warning("cloud link: %s", text)
         self._state["last_error"] = text
+
+
+class InsecureCloudUrl(GatewayError):
+    """Enrolment would travel in clear text to a host that is not this machine."""
+
+
+def _require_safe_enrolment_url(url: str) -> None:
+    """Enrolment hands over the one-time token and receives the CA the gateway will trust from
+    then on, so a man in the middle of a plain-HTTP enrolment owns the sync link (and could
+    confirm payments). Plain HTTP is allowed only to this machine (demo, tests)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return
+    host = parts.hostname or ""
+    loopback = host == "localhost"
+    with contextlib.suppress(ValueError):
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if parts.scheme != "http" or not loopback:
+        raise InsecureCloudUrl(f"cloud_url must be https:// (got {url!r}; http only on loopback)")
 
 
 async def _call(
