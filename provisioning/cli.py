@@ -28,7 +28,7 @@ from provisioning.bundle import (
 )
 from provisioning.claim_qr import render_qr
 from provisioning.cloud_api import CloudApi
-from provisioning.config_store import ConfigStore, StoredLogin
+from provisioning.config_store import ConfigStore, StoredLogin, config_dir
 from provisioning.errors import (
     BundleError,
     ClaimError,
@@ -331,14 +331,24 @@ def cmd_flash(args: argparse.Namespace) -> int:
     if claim is not None:
         cloud_url = _claim_cloud(args.cloud, claim[0])
         bundle = asyncio.run(redeem(cloud_url, claim[1]))
-        # The claim is spent now: keep the bundle so a failed flash can be retried.
-        saved = Path(f"{bundle['machine_id']}.bundle.json")
+        # The claim is spent now: keep the bundle, privately, until the flash has verified,
+        # so a failed flash can be retried; it holds the device's secrets.
+        saved = _claimed_bundle_path(bundle["machine_id"])
         write_bundle(saved, bundle)
-        _err().print(f"claimed; bundle saved to {saved} (retry with --bundle {saved})")
+        _err().print(f"claimed; bundle kept in {saved} until the flash succeeds")
     assert bundle is not None
     asyncio.run(Flasher(options, bundle, _err()).run())
+    if claim is not None:
+        _claimed_bundle_path(bundle["machine_id"]).unlink(missing_ok=True)
     _out().print(f"flashed machine {bundle['machine_id']} on {args.port}")
     return 0
+
+
+def _claimed_bundle_path(machine_id: str) -> Path:
+    directory = config_dir() / "claimed"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    return directory / f"{machine_id}.bundle.json"
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:

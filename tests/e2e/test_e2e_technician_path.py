@@ -24,6 +24,7 @@ async def vendctl(config_dir: Path, *args: str) -> str:
         VENDCTL,
         *args,
         env={**os.environ, "VENDCTL_CONFIG_DIR": str(config_dir), "COLUMNS": "200"},
+        cwd=config_dir.parent,  # as a technician's own folder: nothing lands in the repo
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -7,11 +7,13 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from vendctl_pty_device import MICROPYTHON, pty_repl
 
 from provisioning.cli import main
+from provisioning.config_store import config_dir
 from provisioning.flash import FIRMWARE_DIR
 
 BUNDLE = {
@@ -132,8 +134,10 @@ def test_flash_by_claim(logged_in, tmp_path, capsys):
         err = capsys.readouterr().err
     assert rc == 0, err
     assert json.loads((flash / "config.json").read_text()) == original
-    saved = f"{original['machine_id']}.bundle.json"
-    assert json.loads(open(saved).read()) == original  # kept in case the flash must be retried
+    # The claimed bundle (device secrets) was kept privately only until the flash verified.
+    assert not list(Path(".").glob("*.bundle.json"))
+    assert not list((config_dir() / "claimed").glob("*"))
+    assert (config_dir() / "claimed").stat().st_mode & 0o777 == 0o700
     # Spent: a second technician gets a clear refusal.
     with pty_repl(tmp_path / "flash2") as port:
         rc = main(["device", "flash", "--port", port, "--claim", code])
