@@ -24,6 +24,9 @@ class Dispenser:
         self._hal = hal
         self._journal = journal
         self._clock = clock
+        # Highest counter answered without a journal entry (flash write failed): copies of that
+        # command still queued must not run once the flash works again.
+        self._ram_ctr = 0
         self.lock = asyncio.Lock()
 
     async def handle(self, payload):
@@ -49,7 +52,7 @@ class Dispenser:
         if journal.broken:
             self._dev.log("error", "refused command %s: %s" % (cmd_id, journal.broken))
             return
-        if body["ctr"] <= journal.ctr:
+        if body["ctr"] <= journal.ctr or body["ctr"] <= self._ram_ctr:
             self._dev.log("warning", "refused command %s: stale_counter" % cmd_id)
             return
         now = self._clock.now()
@@ -76,6 +79,7 @@ class Dispenser:
         except JournalError as exc:
             # Money before motor: no record, no vend. The motor did not run, so say so.
             self._dev.log("error", "refused command %s: %r" % (cmd_id, exc))
+            self._ram_ctr = max(self._ram_ctr, body["ctr"])
             result.update(result="failed", reason="storage", ts=self._clock.ts())
             await self._dev.publish_event(DISPENSE_RESULT, json.dumps(result))
             return
