@@ -34,6 +34,9 @@ class BrokerAuthority:
         # A successful PBKDF2 check is remembered (by a digest of the password and the stored
         # hash) so that reconnect storms do not cost a PBKDF2 run each.
         self._verified: set[tuple[str, bytes, str]] = set()
+        # The stored hash each machine's current session logged in against: a session outlives
+        # neither a decommission nor a credential rotation.
+        self._session_hash: dict[str, str] = {}
 
     def is_gateway(self, session: Session) -> bool:
         return session.client_id == self.gateway_client_id and (
@@ -63,6 +66,7 @@ class BrokerAuthority:
             return False
         key = (username, hashlib.sha256(password.encode()).digest(), stored)
         if key in self._verified:
+            self._session_hash[username] = stored
             return True
         try:
             ok = await asyncio.to_thread(verify_secret, password, stored)
@@ -71,9 +75,19 @@ class BrokerAuthority:
             return False
         if ok:
             self._verified.add(key)
+            self._session_hash[username] = stored
         else:
             log.info("refused %s: wrong password", username)
         return ok
+
+    async def still_authorised(self, session: Session) -> bool:
+        """False once the machine behind a device session was decommissioned or got new
+        credentials after that session logged in."""
+        if self.is_gateway(session):
+            return True
+        machine_id = session.username or ""
+        login_hash = self._session_hash.get(machine_id)
+        return login_hash is not None and await self.secret_hash(machine_id) == login_hash
 
     def allowed(self, session: Session, topic_name: str, action: Action) -> bool:
         if self.is_gateway(session):
@@ -122,6 +136,11 @@ class DeviceTopicPlugin(BaseTopicPlugin):
         if self.authority is None or session is None or topic is None or action is None:
             return False
         allowed = self.authority.allowed(session, topic, action)
+        if allowed and action != Action.RECEIVE:
+            allowed = await self.authority.still_authorised(session)
+            if not allowed:
+                log.warning("refused %s: its machine is no longer active with these credentials",
+                            session.client_id)  # fmt: skip
         if not allowed and action != Action.RECEIVE:
             log.info("ACL refused %s %s on %s", session.client_id, action.value, topic)
         return allowed

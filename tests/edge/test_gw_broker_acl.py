@@ -153,3 +153,33 @@ async def test_last_will_outside_own_presence_is_refused(
     await honest.disconnect()
     rows = await gateway.store.query("SELECT id FROM cash_credits")
     assert rows == []
+
+
+async def test_connected_session_loses_its_rights_at_decommission(
+    gateway: Gateway, creds: dict[str, MachineCreds]
+) -> None:
+    async with mqtt(gateway, "M2", "M2", creds["M2"].secret) as device:
+        credit = b'{"id":"beforedecom1","amount":500,"ts":1}'
+        await device.publish("devices/M2/events/cash", credit, qos=QOS_1)
+
+        async def stored() -> bool:
+            return bool(await gateway.store.query("SELECT id FROM cash_credits"))
+
+        await wait_for(stored)
+        gone = make_machine("M2", creds["M2"], stock={"A1": 3}, version=2, status="decommissioned")
+        await gateway.store.apply_state(StateResponse(cursor=2, machines=[gone]))
+        after = b'{"id":"afterdecom01","amount":500,"ts":2}'
+        with contextlib.suppress(Exception):  # the broker may drop the session instead
+            await device.publish("devices/M2/events/cash", after, qos=QOS_1)
+    # Another device's credit, sent after it, arrives: the refused one had its chance too.
+    async with mqtt(gateway, "M1", "M1", creds["M1"].secret) as other:
+        marker = b'{"id":"markerfromm1","amount":500,"ts":3}'
+        await other.publish("devices/M1/events/cash", marker, qos=QOS_1)
+
+        async def marker_stored() -> bool:
+            rows = await gateway.store.query("SELECT id FROM cash_credits")
+            return any(r["id"] == "markerfromm1" for r in rows)
+
+        await wait_for(marker_stored)
+    rows = await gateway.store.query("SELECT id FROM cash_credits ORDER BY id")
+    assert [r["id"] for r in rows] == ["beforedecom1", "markerfromm1"]
