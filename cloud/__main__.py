@@ -17,6 +17,7 @@ from cloud.db.migrate import upgrade
 from cloud.errors import CloudError
 from cloud.server import CloudServer
 from cloud.settings import CloudSettings
+from cloud.storage import prepare_storage
 
 
 async def _serve(settings: CloudSettings) -> None:
@@ -31,6 +32,7 @@ async def _serve(settings: CloudSettings) -> None:
 
 
 async def _migrate(settings: CloudSettings) -> None:
+    prepare_storage(settings)
     engine = create_engine(settings.database_url)
     try:
         await upgrade(engine)
@@ -39,6 +41,7 @@ async def _migrate(settings: CloudSettings) -> None:
 
 
 async def _create_tenant(settings: CloudSettings, args: argparse.Namespace) -> None:
+    prepare_storage(settings)
     engine = create_engine(settings.database_url)
     try:
         await upgrade(engine)

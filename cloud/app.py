@@ -20,6 +20,7 @@ from cloud.payments.sandbox import SandboxProvider, run_capture_worker
 from cloud.pki import CertificateAuthority
 from cloud.routes import auth, claims, gateways, machines, orders, sites, users
 from cloud.settings import CloudSettings
+from cloud.storage import prepare_storage
 from cloud.sync import channel
 from cloud.sync import routes as sync_routes
 from cloud.sync.hub import ChannelHub
@@ -44,6 +45,7 @@ def public_endpoints() -> list[Endpoint]:
 
 async def _context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    prepare_storage(settings)
     engine = create_engine(settings.database_url)
     try:
         await upgrade(engine)

@@ -18,6 +18,12 @@ class ValidationFailed(CloudError):
     code = "validation_error"
 
 
+class UnsupportedKey(ValidationFailed):
+    """A CSR whose public key is not one the cloud signs (curve, algorithm or size)."""
+
+    code = "unsupported_key"
+
+
 class Unauthorized(CloudError):
     status = 401
     code = "unauthorized"
@@ -36,6 +42,12 @@ class NotFound(CloudError):
 class Conflict(CloudError):
     status = 409
     code = "conflict"
+
+
+class EventIdConflict(Conflict):
+    """A pushed event, credit or command id is already stored for another gateway or machine."""
+
+    code = "event_id_conflict"
 
 
 class IntegrationFailed(CloudError):

@@ -10,18 +10,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cloud.db.times import utcnow
-from cloud.errors import ConfigurationError, ValidationFailed
+from cloud.errors import ConfigurationError, UnsupportedKey, ValidationFailed
 
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.crt"
 SERVER_KEY_FILE = "sync-server.key"
 SERVER_CERT_FILE = "sync-server.crt"
+_EC_CURVES = (ec.SECP256R1, ec.SECP384R1)
+_RSA_MIN_BITS = 2048
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,18 @@ def _write_private(path: Path, data: bytes) -> None:
     os.chmod(path, 0o600)
 
 
+def _check_gateway_key(key: object) -> None:
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _EC_CURVES):
+        return
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= _RSA_MIN_BITS:
+        return
+    raise UnsupportedKey(
+        f"the CSR key must be EC P-256/P-384, Ed25519 or RSA >= {_RSA_MIN_BITS} bits"
+    )
+
+
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
@@ -72,7 +86,7 @@ class CertificateAuthority:
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> "CertificateAuthority":
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         key_path, cert_path = data_dir / CA_KEY_FILE, data_dir / CA_CERT_FILE
         if key_path.exists() and cert_path.exists():
             try:
@@ -155,8 +169,13 @@ class CertificateAuthority:
         except ValueError as exc:
             raise ValidationFailed("csr_pem is not a PEM certificate signing request") from exc
         try:
+            public_key = csr.public_key()
+        except (UnsupportedAlgorithm, ValueError) as exc:
+            raise UnsupportedKey("the CSR key algorithm or curve is not supported") from exc
+        _check_gateway_key(public_key)
+        try:
             valid = csr.is_signature_valid
-        except (InvalidSignature, ValueError) as exc:
+        except (InvalidSignature, UnsupportedAlgorithm, ValueError) as exc:
             raise ValidationFailed("the CSR signature does not verify") from exc
         if not valid:
             raise ValidationFailed("the CSR signature does not verify")
@@ -166,7 +185,7 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.COMMON_NAME, gateway_id),
             ]
         )
-        cert = self._leaf(subject, csr.public_key(), days, ExtendedKeyUsageOID.CLIENT_AUTH)
+        cert = self._leaf(subject, public_key, days, ExtendedKeyUsageOID.CLIENT_AUTH)
         return IssuedCertificate(
             pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
             serial=serial_hex(cert.serial_number),

@@ -66,7 +66,7 @@ class CloudSettings(BaseSettings):
         path = self.data_dir / _JWT_SECRET_FILE
         if path.exists():
             return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         value = secrets.token_urlsafe(48)
         fd = _open_private(path)
         with open(fd, "w") as fh:

@@ -62,7 +62,7 @@ EventType = Literal[
 
 
 class OutboxEvent(_Model):
-    seq: Annotated[StrictInt, Field(gt=0)]  # per-gateway, strictly increasing, no reuse
+    seq: Annotated[StrictInt, Field(gt=0, le=2**53)]  # per-gateway, strictly increasing, no reuse
     event_id: Annotated[str, Field(min_length=8, max_length=64)]  # stable id made where it happened
     type: EventType
     occurred_at: datetime
@@ -86,9 +86,9 @@ class OrderItemSnapshot(_Model):
     name: str
     unit_price: Amount
     quantity: Annotated[StrictInt, Field(ge=1, le=10)]
-    dispensed: Annotated[StrictInt, Field(ge=0)] = 0
-    failed: Annotated[StrictInt, Field(ge=0)] = 0
-    unknown: Annotated[StrictInt, Field(ge=0)] = 0
+    dispensed: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
+    failed: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
+    unknown: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
     dispense_status: ItemDispenseStatus
 
 
@@ -106,7 +106,7 @@ class OrderSnapshot(_Model):
     items: list[OrderItemSnapshot]
     created_at: datetime
     updated_at: datetime
-    version: Annotated[StrictInt, Field(ge=1)]  # grows with every change of the order
+    version: Annotated[StrictInt, Field(ge=1, le=2**53)]  # grows with every change of the order
 
 
 class DispenseRecord(_Model):
@@ -117,7 +117,7 @@ class DispenseRecord(_Model):
     slot: str
     result: Literal["ok", "failed", "unknown"]
     reason: str | None = None
-    device_ts: StrictInt | None = None
+    device_ts: Annotated[StrictInt, Field(ge=-(2**53), le=2**53)] | None = None
 
 
 class CashCreditRecord(_Model):
@@ -132,8 +132,9 @@ class InventoryChange(_Model):
     machine_id: str
     catalog_item_id: str
     slot: str
-    quantity: Annotated[StrictInt, Field(ge=0)]  # level after the change, as the gateway sees it
-    delta: StrictInt
+    # level after the change, as the gateway sees it
+    quantity: Annotated[StrictInt, Field(ge=0, le=1_000_000)]
+    delta: Annotated[StrictInt, Field(ge=-1_000_000, le=1_000_000)]
     reason: Literal["sale", "reservation", "release", "restock", "device_report"]
 
 
@@ -147,12 +148,12 @@ class CatalogItemState(_Model):
     category: str | None = None
     price: Amount
     currency: Currency
-    quantity: Annotated[StrictInt, Field(ge=0)]
+    quantity: Annotated[StrictInt, Field(ge=0, le=1_000_000)]
     # Bumped only when an operator sets the stock level in the cloud (restock). The gateway
     # adopts ``quantity`` only when ``stock_rev`` changes; otherwise its own count (which already
     # includes sales not yet synced) stays.
-    stock_rev: StrictInt = 0
-    capacity: StrictInt | None = None
+    stock_rev: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0
+    capacity: Annotated[StrictInt, Field(ge=0, le=1_000_000)] | None = None
     image_url: str | None = None
     active: bool = True
 
@@ -169,11 +170,11 @@ class MachineState(_Model):
     currency: Currency = "INR"
     config: dict[str, Any] = Field(default_factory=dict)
     catalog: list[CatalogItemState]
-    version: StrictInt
+    version: Annotated[StrictInt, Field(ge=0, le=2**53)]
 
 
 class StateResponse(_Model):
-    cursor: StrictInt
+    cursor: Annotated[StrictInt, Field(ge=0, le=2**53)]
     machines: list[MachineState]
 
 

@@ -16,6 +16,7 @@ class Permission(StrEnum):
     SITES_WRITE = "sites:write"
     GATEWAYS_READ = "gateways:read"
     GATEWAYS_ENROLL = "gateways:enroll"
+    GATEWAYS_REVOKE = "gateways:revoke"
     MACHINES_READ = "machines:read"
     MACHINES_WRITE = "machines:write"
     ORDERS_READ = "orders:read"

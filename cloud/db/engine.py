@@ -28,7 +28,7 @@ def create_engine(database_url: str) -> AsyncEngine:
 
 def _sqlite_engine(url: sa.URL) -> AsyncEngine:
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 15})
 
     @sa.event.listens_for(engine.sync_engine, "connect")

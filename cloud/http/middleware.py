@@ -4,6 +4,7 @@ import logging
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from sqlalchemy.exc import DataError
 
 from cloud.errors import CloudError
 from cloud.http.envelope import REQUEST_ID_HEADER, error, request_id
@@ -31,6 +32,10 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         if exc.status >= 500:
             log.error("request %s failed: %s", rid, exc.message)
         response = error(request, exc.status, exc.code, exc.message, exc.details)
+    except DataError:
+        # Input the validators let through but the database refuses (a backstop: NUL, range).
+        log.warning("request %s: database refused a value", rid)
+        response = error(request, 400, "validation_error", "a value is not storable")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -116,6 +116,8 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = request.app[CONTEXT]
         call = Call(request=request, ctx=ctx)
+        _refuse_nul(list(request.match_info.values()), "path")
+        _refuse_nul(list(request.query.items()), "query")
         if not endpoint.public:
             call.principal_or_none = authenticate(request, ctx)
             if endpoint.permission and endpoint.permission not in call.principal.permissions:
@@ -163,12 +165,36 @@ def _validate(model: type[M], data: Any, where: str) -> M:
         raise ValidationFailed(f"invalid {where}", details=_errors(exc)) from exc
 
 
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; Python's parser accepts them unless told otherwise.
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _refuse_nul(data: Any, where: str) -> None:
+    """No NUL in any string (key or value): PostgreSQL text cannot store it. Iterative, so a
+    deeply nested body cannot exhaust the stack here."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValidationFailed(f"{where} contains a NUL character")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 async def _read_body(request: web.Request, model: type[M]) -> M:
     raw = await request.read()
     if not raw.strip():
         raise ValidationFailed("a JSON request body is required")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise ValidationFailed("request body is nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed("request body is not valid JSON", details=str(exc)) from exc
+    _refuse_nul(data, "request body")
     return _validate(model, data, "request body")

@@ -3,7 +3,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from cloud.models.common import Input, Output
+from cloud.models.common import MAX_SAFE_INT, Input, Output
 from contracts.orders import OrderStatus
 
 
@@ -11,7 +11,7 @@ class OrdersQuery(Input):
     machine_id: str | None = None
     status: OrderStatus | None = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
-    offset: Annotated[int, Field(ge=0)] = 0
+    offset: Annotated[int, Field(ge=0, le=MAX_SAFE_INT)] = 0
 
 
 class DispenseOut(Output):
@@ -61,7 +61,7 @@ class OrderDetail(OrderOut):
 class PaymentsQuery(Input):
     order_id: str | None = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
-    offset: Annotated[int, Field(ge=0)] = 0
+    offset: Annotated[int, Field(ge=0, le=MAX_SAFE_INT)] = 0
 
 
 class PaymentOut(Output):

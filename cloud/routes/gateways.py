@@ -1,4 +1,5 @@
-"""Gateway enrolment (public; the one-time token is the credential) and the gateway list."""
+"""Gateway enrolment (public; the one-time token is the credential), the gateway list and
+revocation."""
 
 import uuid
 
@@ -9,7 +10,7 @@ from cloud.auth.tokens import token_digest
 from cloud.db import schema as t
 from cloud.db.rows import row_dict
 from cloud.db.times import as_utc, utcnow
-from cloud.errors import Conflict, Unauthorized
+from cloud.errors import Conflict, NotFound, Unauthorized
 from cloud.http.registry import Api, Call
 from cloud.models.sites import GatewayOut
 from contracts.sync import EnrollRequest, EnrollResponse
@@ -99,3 +100,34 @@ async def list_gateways(call: Call) -> list[GatewayOut]:
             .order_by(t.gateways.c.created_at)
         )
         return [GatewayOut.model_validate(row_dict(r)) for r in rows]
+
+
+@api.route(
+    "POST",
+    "/gateways/{id}/revoke",
+    summary="Revoke a gateway: its certificate is refused and its channel closed",
+    tag=TAG,
+    response=GatewayOut,
+    permission=Permission.GATEWAYS_REVOKE,
+)
+async def revoke_gateway(call: Call) -> GatewayOut:
+    gateway_id = call.path("id")
+    tenant_id = call.principal.tenant_id
+    async with call.ctx.engine.begin() as conn:
+        updated = await conn.execute(
+            t.gateways.update()
+            .where(t.gateways.c.id == gateway_id, t.gateways.c.tenant_id == tenant_id)
+            .values(status="revoked")
+        )
+        if updated.rowcount != 1:
+            raise NotFound("no such gateway")
+        row = (
+            await conn.execute(
+                sa.select(*[t.gateways.c[n] for n in GatewayOut.model_fields]).where(
+                    t.gateways.c.id == gateway_id
+                )
+            )
+        ).one()
+    # The channel sender re-checks the status on wake-up; other processes see it on their poll.
+    call.ctx.hub.wake([gateway_id])
+    return GatewayOut.model_validate(row_dict(row))

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import logging
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
 from cloud.context import CHANNELS, CloudContext
 from cloud.http.registry import Api, Call
 from cloud.sync import outbox
-from cloud.sync.identity import Gateway, authenticate_gateway
+from cloud.sync.identity import Gateway, authenticate_gateway, gateway_active
 from contracts.sync import SYNC_PREFIX, ChannelAck
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,11 @@ async def _sender(
     while not ws.closed:
         wake.clear()
         async with ctx.engine.connect() as conn:
+            # A revoked gateway must not keep a channel it opened while still active.
+            if not await gateway_active(conn, gateway.id):
+                log.info("gateway %s is no longer active; closing its channel", gateway.id)
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"gateway revoked")
+                return
             messages = await outbox.pending(conn, gateway.id, sent)
         for message in messages:
             await ws.send_str(message.model_dump_json())

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.db import schema as t
 from cloud.db.times import utcnow
-from cloud.errors import Conflict, ValidationFailed
+from cloud.errors import Conflict, EventIdConflict, ValidationFailed
 from cloud.sync.identity import Gateway
 from contracts.sync import (
     CashCreditRecord,
@@ -29,6 +29,9 @@ _PAYLOADS: dict[str, type[BaseModel]] = {
 }
 
 _RETRIES = 3
+# The reason the gateway records when a dispense command got no result in time; only such a
+# record may later be corrected (the gateway re-sends it under event id ``{cmd_id}-late``).
+_NO_RESULT = "no_result"
 
 
 @dataclass(frozen=True)
@@ -124,12 +127,70 @@ async def _apply_order(conn: AsyncConnection, gateway: Gateway, order: OrderSnap
         )
 
 
-async def _insert_once(
+async def _check_order(conn: AsyncConnection, gateway: Gateway, order_id: str | None) -> None:
+    """A record may name an order only if that order (when the cloud knows it) is on a machine
+    of this gateway's site; orders earlier in the same batch are already visible here."""
+    if order_id is None:
+        return
+    machine_id = await conn.scalar(
+        sa.select(t.orders.c.machine_id).where(t.orders.c.id == order_id)
+    )
+    if machine_id is None:
+        return
+    site_id = await conn.scalar(
+        sa.select(t.machines.c.site_id).where(t.machines.c.id == machine_id)
+    )
+    if site_id != gateway.site_id:
+        raise Conflict(
+            f"order {order_id} belongs to a machine of another site",
+            details={"order_id": order_id},
+        )
+
+
+async def _existing(
     conn: AsyncConnection, table: sa.Table, key: str, values: dict[str, Any]
-) -> None:
-    exists = await conn.scalar(sa.select(table.c[key]).where(table.c[key] == values[key]))
-    if exists is None:
-        await conn.execute(table.insert().values(**values))
+) -> Any:
+    """The stored row with this id, refusing an id that another machine already used: answering
+    it as a duplicate would silently drop this machine's record."""
+    row = (await conn.execute(sa.select(table).where(table.c[key] == values[key]))).first()
+    if row is not None and row.machine_id != values["machine_id"]:
+        raise EventIdConflict(
+            f"{key} {values[key]} is already stored for another machine",
+            details={key: values[key]},
+        )
+    return row
+
+
+async def _apply_dispense(conn: AsyncConnection, gateway: Gateway, record: DispenseRecord) -> None:
+    await _check_order(conn, gateway, record.order_id)
+    values = record.model_dump() | {"tenant_id": gateway.tenant_id, "received_at": utcnow()}
+    row = await _existing(conn, t.dispense_records, "cmd_id", values)
+    if row is None:
+        await conn.execute(t.dispense_records.insert().values(**values))
+    elif row.result == "unknown" and row.reason == _NO_RESULT:
+        # The gateway's late correction of a dispense it first recorded as timed out; no other
+        # outcome is ever rewritten.
+        await conn.execute(
+            t.dispense_records.update()
+            .where(
+                t.dispense_records.c.cmd_id == record.cmd_id,
+                t.dispense_records.c.result == "unknown",
+                t.dispense_records.c.reason == _NO_RESULT,
+            )
+            .values(
+                result=record.result,
+                reason=record.reason,
+                device_ts=record.device_ts,
+                received_at=values["received_at"],
+            )
+        )
+
+
+async def _apply_credit(conn: AsyncConnection, gateway: Gateway, credit: CashCreditRecord) -> None:
+    await _check_order(conn, gateway, credit.order_id)
+    values = credit.model_dump() | {"tenant_id": gateway.tenant_id, "received_at": utcnow()}
+    if await _existing(conn, t.cash_credits, "credit_id", values) is None:
+        await conn.execute(t.cash_credits.insert().values(**values))
 
 
 async def _apply(conn: AsyncConnection, gateway: Gateway, parsed: _Parsed) -> None:
@@ -138,19 +199,9 @@ async def _apply(conn: AsyncConnection, gateway: Gateway, parsed: _Parsed) -> No
     if isinstance(payload, OrderSnapshot):
         await _apply_order(conn, gateway, payload)
     elif isinstance(payload, DispenseRecord):
-        await _insert_once(
-            conn,
-            t.dispense_records,
-            "cmd_id",
-            payload.model_dump() | {"tenant_id": gateway.tenant_id, "received_at": now},
-        )
+        await _apply_dispense(conn, gateway, payload)
     elif isinstance(payload, CashCreditRecord):
-        await _insert_once(
-            conn,
-            t.cash_credits,
-            "credit_id",
-            payload.model_dump() | {"tenant_id": gateway.tenant_id, "received_at": now},
-        )
+        await _apply_credit(conn, gateway, payload)
     elif isinstance(payload, InventoryChange):
         # The gateway's count; neither stock_rev nor the machine version moves, so this does not
         # echo back to the gateway as a restock.
@@ -175,6 +226,13 @@ async def _store(conn: AsyncConnection, gateway: Gateway, events: list[_Parsed])
             )
         )
     }
+    foreign = sorted(event_id for event_id, owner in known.items() if owner != gateway.id)
+    if foreign:
+        # Counting these as replays would silently drop this gateway's events.
+        raise EventIdConflict(
+            "event ids are already stored for another gateway",
+            details={"event_ids": foreign},
+        )
     accepted = duplicates = 0
     seen: set[str] = set()
     now = utcnow()

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.context import CloudContext
 from cloud.db import schema as t
@@ -42,3 +43,8 @@ async def authenticate_gateway(request: web.Request, ctx: CloudContext) -> Gatew
             t.gateways.update().where(t.gateways.c.id == row.id).values(last_seen_at=utcnow())
         )
     return Gateway(id=row.id, tenant_id=row.tenant_id, site_id=row.site_id)
+
+
+async def gateway_active(conn: AsyncConnection, gateway_id: str) -> bool:
+    status = await conn.scalar(sa.select(t.gateways.c.status).where(t.gateways.c.id == gateway_id))
+    return bool(status == "active")

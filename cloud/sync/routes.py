@@ -11,7 +11,7 @@ from cloud.db.machines import catalogs
 from cloud.db.times import as_utc, utcnow
 from cloud.errors import Conflict
 from cloud.http.registry import Api, Call
-from cloud.models.common import Input
+from cloud.models.common import MAX_SAFE_INT, Input
 from cloud.payments.provider import PaymentRequest
 from cloud.sync.events import store_batch
 from cloud.sync.identity import authenticate_gateway
@@ -32,7 +32,7 @@ _CATALOG_FIELDS = list(CatalogItemState.model_fields)
 
 
 class StateQuery(Input):
-    cursor: Annotated[int, Field(ge=0)] = 0
+    cursor: Annotated[int, Field(ge=0, le=MAX_SAFE_INT)] = 0
 
 
 @api.route(
