@@ -45,6 +45,13 @@ class OrderConflict(OrderError):
     """The order is not in a state that allows the request (e.g. cancel after payment)."""
 
 
+class MachineBusy(OrderConflict):
+    """The machine's open cash order already holds inserted cash: a second cash order would take
+    the next coins from that customer, so it is refused until the open order ends.
+
+    A subclass of ``OrderConflict`` so every edge already answers it with 409."""
+
+
 class IdempotencyConflict(OrderError):
     """The Idempotency-Key was used before with a different request body."""
 

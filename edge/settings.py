@@ -62,6 +62,10 @@ class GatewaySettings(BaseSettings):
             self.gateway_mqtt_password = SecretStr(secrets.token_urlsafe(24))
         if self.dispense_give_up_s < self.dispense_resend_s:
             raise ValueError("dispense_give_up_s must be >= dispense_resend_s")
+        if self.dispense_give_up_s <= self.dispense_command_ttl_s:
+            # The gateway records "unknown" at give-up and never retries the unit; a command
+            # still valid on the device then could run after that and contradict the record.
+            raise ValueError("dispense_give_up_s must be > dispense_command_ttl_s")
         return self
 
     @property

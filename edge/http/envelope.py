@@ -16,6 +16,7 @@ from edge.errors import (
     GatewayError,
     IdempotencyConflict,
     InsufficientStock,
+    MachineBusy,
     MachineNotFound,
     OrderConflict,
     OrderNotFound,
@@ -78,6 +79,8 @@ def _translate(exc: BaseException) -> ApiError:
             return ApiError(
                 409, "idempotency_conflict", "Idempotency-Key was used with a different request"
             )
+        case MachineBusy():
+            return ApiError(409, "machine_busy", str(exc))
         case OrderConflict():
             return ApiError(409, "order_conflict", str(exc))
         case PaymentUnavailable():

@@ -82,6 +82,8 @@ export function errorMessage(err, names = new Map()) {
       return "This machine is not available right now.";
     case "unknown_item":
       return "One of the products is no longer sold here. The menu has been refreshed.";
+    case "machine_busy":
+      return "Someone is paying with cash at this machine right now. Please wait until they finish.";
     case "order_conflict":
       return `This order can no longer be changed: ${err.message}.`;
     case "store_unavailable":

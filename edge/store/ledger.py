@@ -34,6 +34,7 @@ from edge.errors import (
     CatalogItemNotFound,
     IdempotencyConflict,
     InsufficientStock,
+    MachineBusy,
     MachineNotFound,
     OrderConflict,
     OrderNotFound,
@@ -50,6 +51,13 @@ from edge.store.views import (
 Db = sqlite_utils.Database
 
 NO_RESULT = "no_result"  # reason recorded when the gateway gave up waiting for a device
+
+# Why an order was cancelled (orders.cancel_reason; local only, the snapshot has no such field).
+CANCEL_REQUESTED = "requested"
+CANCEL_EXPIRED = "expired"
+CANCEL_PAYMENT_FAILED = "payment_failed"  # the provider reported the payment failed
+CANCEL_PAYMENT_UNAVAILABLE = "payment_unavailable"  # no payment could be created for it
+CANCEL_SUPERSEDED = "superseded"  # a newer cash order on the same machine replaced it
 
 
 def now_iso() -> str:
@@ -161,8 +169,9 @@ def touch_order(db: Db, order_id: str, **changes: Any) -> OrderView:
 
 def create_order(
     db: Db, order: NewOrder, idempotency_key: str | None, request_hash: str
-) -> tuple[OrderView, bool]:
-    """The new order (or the one this idempotency key made before) and whether it is new."""
+) -> tuple[OrderView, bool, list[str]]:
+    """The new order (or the one this idempotency key made before), whether it is new, and the
+    ids of the orders it superseded (cancelled in this same transaction)."""
     if idempotency_key is not None:
         seen = db.execute(
             "SELECT request_hash, order_id FROM idempotency_keys WHERE key = ?", [idempotency_key]
@@ -170,12 +179,16 @@ def create_order(
         if seen is not None:
             if seen["request_hash"] != request_hash:
                 raise IdempotencyConflict(idempotency_key)
-            return _require_order(db, seen["order_id"]), False
+            return _require_order(db, seen["order_id"]), False, []
     machine = db.execute(
         "SELECT id, currency FROM machines WHERE id = ? AND status = 'active'", [order.machine_id]
     ).fetchone()
     if machine is None:
         raise MachineNotFound(order.machine_id)
+    superseded: list[str] = []
+    if order.payment_method is PaymentMethod.CASH:
+        # Before the stock check, so the replaced order's units are available to the new one.
+        superseded = _supersede_open_cash_order(db, order.machine_id)
 
     order_id = str(uuid.uuid4())
     created = now_iso()
@@ -242,26 +255,82 @@ def create_order(
         )
     changes: dict[str, Any] = {}
     if order.payment_method is PaymentMethod.CASH:
-        changes = _claim_machine_credit(db, order_id, order.machine_id, total)
-    return touch_order(db, order_id, **changes), True
+        # Credit inserted before the order (kept as machine credit) pays it.
+        changes = _pay_from_machine_credit(db, order_id, order.machine_id, machine["currency"])
+    return touch_order(db, order_id, **changes), True, superseded
 
 
-def _claim_machine_credit(db: Db, order_id: str, machine_id: str, total: int) -> dict[str, Any]:
-    """Credit inserted before any order (kept as machine credit) pays the next cash order."""
-    paid = 0
-    for credit in db.execute(
-        "SELECT id, amount FROM cash_credits WHERE machine_id = ? AND order_id IS NULL "
-        "ORDER BY received_at, id",
-        [machine_id],
-    ).fetchall():
-        if paid >= total:
+def _supersede_open_cash_order(db: Db, machine_id: str) -> list[str]:
+    """A machine has at most one open cash order, because inserted cash cannot say which order
+    it is for. An open one nobody has paid into yet is abandoned (the customer at the machine
+    now is starting over): cancel it. One that holds cash belongs to a customer mid-payment:
+    refuse the new order instead."""
+    rows = db.execute(
+        "SELECT id, paid_amount FROM orders WHERE machine_id = ? AND status = ? "
+        "AND payment_method = ? ORDER BY created_at, id",
+        [machine_id, OrderStatus.AWAITING_PAYMENT.value, PaymentMethod.CASH.value],
+    ).fetchall()
+    if any(row["paid_amount"] > 0 for row in rows):
+        raise MachineBusy(f"machine {machine_id} has a cash order being paid")
+    for row in rows:
+        cancel_order(db, row["id"], CANCEL_SUPERSEDED)
+    return [row["id"] for row in rows]
+
+
+def machine_credit(db: Db, machine_id: str, currency: str) -> int:
+    """Cash received on the machine that no order holds (yet)."""
+    received = db.execute(
+        "SELECT COALESCE(SUM(amount), 0) FROM cash_credits WHERE machine_id = ? AND currency = ?",
+        [machine_id, currency],
+    ).fetchone()[0]
+    allocated = db.execute(
+        "SELECT COALESCE(SUM(a.amount), 0) FROM cash_allocations a "
+        "JOIN cash_credits c ON c.id = a.credit_id WHERE c.machine_id = ? AND c.currency = ?",
+        [machine_id, currency],
+    ).fetchone()[0]
+    return int(received) - int(allocated)
+
+
+def _pay_from_machine_credit(
+    db: Db, order_id: str, machine_id: str, currency: str
+) -> dict[str, Any]:
+    """Allocate free machine credit (oldest first) to the order, never more than it still owes:
+    the rest of a credit stays machine credit for the next cash order. Returns the order's
+    changes (paid_amount, and status when fully paid); empty when nothing was allocated."""
+    order = db.execute(
+        "SELECT total_amount, paid_amount FROM orders WHERE id = ?", [order_id]
+    ).fetchone()
+    paid = order["paid_amount"]
+    due = order["total_amount"] - paid
+    credits = db.execute(
+        "SELECT c.id, c.amount - COALESCE((SELECT SUM(a.amount) FROM cash_allocations a "
+        "WHERE a.credit_id = c.id), 0) AS free FROM cash_credits c "
+        "WHERE c.machine_id = ? AND c.currency = ? ORDER BY c.received_at, c.id",
+        [machine_id, currency],
+    ).fetchall()
+    allocated = 0
+    for credit in credits:
+        if allocated >= due:
             break
-        db.execute("UPDATE cash_credits SET order_id = ? WHERE id = ?", [order_id, credit["id"]])
-        paid += credit["amount"]
-    if paid == 0:
+        take = min(credit["free"], due - allocated)
+        if take <= 0:
+            continue
+        db.execute(
+            "INSERT INTO cash_allocations (credit_id, order_id, amount, allocated_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT(credit_id, order_id) "
+            "DO UPDATE SET amount = amount + excluded.amount",
+            [credit["id"], order_id, take, now_iso()],
+        )
+        # cash_credits.order_id names the order the credit (first) went to, for the records.
+        db.execute(
+            "UPDATE cash_credits SET order_id = COALESCE(order_id, ?) WHERE id = ?",
+            [order_id, credit["id"]],
+        )
+        allocated += take
+    if allocated == 0:
         return {}
-    changes: dict[str, Any] = {"paid_amount": paid}
-    if paid >= total:
+    changes: dict[str, Any] = {"paid_amount": paid + allocated}
+    if paid + allocated >= order["total_amount"]:
         changes["status"] = OrderStatus.PAID.value
     return changes
 
@@ -300,15 +369,18 @@ def _release_stock(db: Db, order: OrderView) -> None:
             )
 
 
-def cancel_order(db: Db, order_id: str) -> OrderView:
+def cancel_order(db: Db, order_id: str, reason: str = CANCEL_REQUESTED) -> OrderView:
     """Cancel an unpaid order: release its stock and give any partial cash back to the machine
     credit (there is no coin return, so the next cash order uses it)."""
     order = _require_order(db, order_id)
     if order.status is not OrderStatus.AWAITING_PAYMENT:
         raise OrderConflict(f"order is {order.status.value}")
     _release_stock(db, order)
+    db.execute("DELETE FROM cash_allocations WHERE order_id = ?", [order_id])
     db.execute("UPDATE cash_credits SET order_id = NULL WHERE order_id = ?", [order_id])
-    return touch_order(db, order_id, status=OrderStatus.CANCELLED.value, paid_amount=0)
+    return touch_order(
+        db, order_id, status=OrderStatus.CANCELLED.value, paid_amount=0, cancel_reason=reason
+    )
 
 
 def expire_orders(db: Db, cutoff: str) -> list[str]:
@@ -317,7 +389,7 @@ def expire_orders(db: Db, cutoff: str) -> list[str]:
         [OrderStatus.AWAITING_PAYMENT.value, cutoff],
     ).fetchall()
     for row in rows:
-        cancel_order(db, row["id"])
+        cancel_order(db, row["id"], CANCEL_EXPIRED)
     return [row["id"] for row in rows]
 
 
@@ -325,8 +397,10 @@ def record_cash_credit(db: Db, machine_id: str, credit: CashCredit) -> CreditOut
     exists = db.execute("SELECT 1 FROM cash_credits WHERE id = ?", [credit.id]).fetchone()
     if exists is not None:
         return CreditOutcome(duplicate=True, order_id=None)
+    # At most one cash order per machine is open (see _supersede_open_cash_order), so this is
+    # the order of the customer at the machine; the ORDER BY only keeps older databases sane.
     target = db.execute(
-        "SELECT id, total_amount, paid_amount FROM orders WHERE machine_id = ? AND status = ? "
+        "SELECT id FROM orders WHERE machine_id = ? AND status = ? "
         "AND payment_method = ? AND currency = ? ORDER BY created_at, id LIMIT 1",
         [
             machine_id,
@@ -338,8 +412,8 @@ def record_cash_credit(db: Db, machine_id: str, credit: CashCredit) -> CreditOut
     order_id = target["id"] if target is not None else None
     db.execute(
         "INSERT INTO cash_credits (id, machine_id, amount, currency, order_id, received_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        [credit.id, machine_id, credit.amount, credit.currency, order_id, now_iso()],
+        "VALUES (?, ?, ?, ?, NULL, ?)",
+        [credit.id, machine_id, credit.amount, credit.currency, now_iso()],
     )
     record = CashCreditRecord(
         credit_id=credit.id,
@@ -349,12 +423,10 @@ def record_cash_credit(db: Db, machine_id: str, credit: CashCredit) -> CreditOut
         order_id=order_id,
     )
     add_outbox(db, credit.id, "cash.credit", record.model_dump(mode="json"))
-    if target is not None:
-        paid = target["paid_amount"] + credit.amount
-        changes: dict[str, Any] = {"paid_amount": paid}
-        if paid >= target["total_amount"]:
-            changes["status"] = OrderStatus.PAID.value
-        touch_order(db, target["id"], **changes)
+    if order_id is not None:
+        # Only what the order still owes is applied; the rest stays machine credit.
+        changes = _pay_from_machine_credit(db, order_id, machine_id, credit.currency)
+        touch_order(db, order_id, **changes)
     return CreditOutcome(duplicate=False, order_id=order_id)
 
 
@@ -395,7 +467,7 @@ def apply_payment_update(db: Db, message_id: str, update: PaymentUpdate) -> str 
         return None
     if update.status == "failed":
         if order.status is OrderStatus.AWAITING_PAYMENT:
-            cancel_order(db, order.id)
+            cancel_order(db, order.id, CANCEL_PAYMENT_FAILED)
             return order.id
         return None
     if update.currency != order.currency:
@@ -462,7 +534,14 @@ def _new_command(
     last = db.execute(
         "SELECT ctr FROM device_counters WHERE machine_id = ?", [order.machine_id]
     ).fetchone()
-    ctr = (last["ctr"] if last else 0) + 1
+    # The device keeps the highest counter it accepted and silently refuses anything not above
+    # it. A gateway whose database was restored or replaced would count from an old value (or 0)
+    # and every dispense would fail until it caught up, so the counter never goes below the
+    # wall clock in milliseconds: above anything issued before, even by a lost database (as long
+    # as that gateway's clock was not ahead). +1 keeps it strictly increasing within the same
+    # millisecond or if the clock steps back. Devices store it as an int, and MicroPython ints
+    # are arbitrary precision, so the size is no problem.
+    ctr = max((last["ctr"] if last else 0) + 1, time.time_ns() // 1_000_000)
     db.execute(
         "INSERT INTO device_counters (machine_id, ctr) VALUES (?, ?) "
         "ON CONFLICT(machine_id) DO UPDATE SET ctr = excluded.ctr",

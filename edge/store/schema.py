@@ -66,3 +66,25 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@migrations()
+def m002_cash_allocations(db: sqlite_utils.Database) -> None:
+    """Which part of each cash credit paid which order. A credit can be split (an overpayment
+    leaves the rest as machine credit for the next order), so one ``order_id`` per credit is not
+    enough; the free machine credit is what the credits hold beyond their allocations."""
+    statements = [
+        """CREATE TABLE cash_allocations (
+            credit_id TEXT NOT NULL REFERENCES cash_credits(id),
+            order_id TEXT NOT NULL REFERENCES orders(id),
+            amount INTEGER NOT NULL, allocated_at TEXT NOT NULL,
+            PRIMARY KEY (credit_id, order_id), CHECK (amount > 0))""",
+        "CREATE INDEX cash_allocations_order ON cash_allocations(order_id)",
+        # Credits attached before this migration were applied whole to their order.
+        """INSERT INTO cash_allocations (credit_id, order_id, amount, allocated_at)
+            SELECT id, order_id, amount, received_at FROM cash_credits
+            WHERE order_id IS NOT NULL AND amount > 0""",
+        "ALTER TABLE orders ADD COLUMN cancel_reason TEXT",
+    ]
+    for statement in statements:
+        db.execute(statement)

@@ -234,11 +234,11 @@ class GatewayStore:
     async def create_order(
         self, order: NewOrder, idempotency_key: str | None, request_hash: str
     ) -> tuple[OrderView, bool]:
-        view, created = await self._writer.run(
+        view, created, superseded = await self._writer.run(
             lambda db: ledger.create_order(db, order, idempotency_key, request_hash)
         )
         if created:
-            await self._notify([view.id])
+            await self._notify([*superseded, view.id])
         return view, created
 
     async def get_order(self, order_id: str) -> OrderView:
@@ -252,8 +252,8 @@ class GatewayStore:
         await self._notify([view.id])
         return view
 
-    async def cancel_order(self, order_id: str) -> OrderView:
-        view = await self._writer.run(lambda db: ledger.cancel_order(db, order_id))
+    async def cancel_order(self, order_id: str, reason: str = ledger.CANCEL_REQUESTED) -> OrderView:
+        view = await self._writer.run(lambda db: ledger.cancel_order(db, order_id, reason))
         await self._notify([view.id])
         return view
 
@@ -263,6 +263,10 @@ class GatewayStore:
         if expired:
             await self._notify(list(expired))
         return expired
+
+    async def machine_credit(self, machine_id: str, currency: str) -> int:
+        """Cash received on the machine that no order holds; it pays the next cash order."""
+        return await self._reader.run(lambda db: ledger.machine_credit(db, machine_id, currency))
 
     async def record_cash_credit(self, machine_id: str, credit: CashCredit) -> CreditOutcome:
         outcome = await self._writer.run(

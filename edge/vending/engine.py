@@ -21,6 +21,7 @@ from edge.errors import CloudRejected, CloudUnavailable, DeviceLinkError, Paymen
 from edge.metrics import GatewayMetrics
 from edge.settings import GatewaySettings
 from edge.store import GatewayStore
+from edge.store.ledger import CANCEL_PAYMENT_UNAVAILABLE
 from edge.store.views import NewOrder, OrderView, PendingCommand
 from edge.sync.ports import PaymentsPort
 
@@ -62,7 +63,7 @@ class VendEngine:
 
     async def _request_payment(self, view: OrderView) -> OrderView:
         if self._payments is None:
-            await self._store.cancel_order(view.id)
+            await self._store.cancel_order(view.id, CANCEL_PAYMENT_UNAVAILABLE)
             raise PaymentUnavailable("no cloud link: only cash is accepted offline")
         request = PaymentCreate(
             order_id=view.id,
@@ -75,10 +76,10 @@ class VendEngine:
         try:
             intent = await self._payments.create_payment(request)
         except (CloudUnavailable, CloudRejected) as exc:
-            await self._store.cancel_order(view.id)
+            await self._store.cancel_order(view.id, CANCEL_PAYMENT_UNAVAILABLE)
             raise PaymentUnavailable("the payment service cannot be reached") from exc
         if intent.status == "failed" or intent.order_id != view.id:
-            await self._store.cancel_order(view.id)
+            await self._store.cancel_order(view.id, CANCEL_PAYMENT_UNAVAILABLE)
             raise PaymentUnavailable("the payment service refused the payment")
         return await self._store.attach_payment(intent)
 

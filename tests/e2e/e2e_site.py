@@ -56,6 +56,7 @@ def gateway_settings(root: Path, cloud_url: str, token: str) -> GatewaySettings:
         sync_backoff_max_s=1.0,
         dispense_resend_s=1.0,
         dispense_give_up_s=10.0,
+        dispense_command_ttl_s=8,  # must expire before the give-up
         engine_tick_s=0.2,
     )
 

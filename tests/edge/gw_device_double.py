@@ -21,7 +21,14 @@ from contracts.signing import SignatureError, verify_command
 
 class DeviceDouble:
     def __init__(
-        self, machine_id: str, password: str, command_key: str, port: int, *, silent: bool = False
+        self,
+        machine_id: str,
+        password: str,
+        command_key: str,
+        port: int,
+        *,
+        silent: bool = False,
+        last_ctr: int = 0,
     ) -> None:
         self.machine_id = machine_id
         self._password = password
@@ -34,7 +41,7 @@ class DeviceDouble:
         self.received: list[bytes] = []
         self.refused: list[str] = []
         self.acked: set[str] = set()
-        self._last_ctr = 0
+        self.last_ctr = last_ctr  # persisted by the firmware: survives its restarts
         self._client = MQTTClient(client_id=machine_id, config={"auto_reconnect": False})
         self._task: asyncio.Task[None] | None = None
         self._unacked: dict[str, tuple[str, bytes]] = {}
@@ -112,12 +119,12 @@ class DeviceDouble:
         if body.cmd_id in self.journal:
             await self._report(body.cmd_id, body.order_id, body.item_id, body.slot)
             return
-        if body.ctr <= self._last_ctr:
+        if body.ctr <= self.last_ctr:
             self.refused.append("counter")
             return
         if self.silent:
             return
-        self._last_ctr = body.ctr
+        self.last_ctr = body.ctr
         self.motor_runs.append(body.cmd_id)
         self.journal[body.cmd_id] = "failed" if body.slot in self.jammed else "ok"
         await self._report(body.cmd_id, body.order_id, body.item_id, body.slot)

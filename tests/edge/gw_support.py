@@ -68,6 +68,7 @@ def gateway_settings(data_dir: Path, **overrides: Any) -> GatewaySettings:
         "zeroconf_enabled": False,
         "dispense_resend_s": 0.5,
         "dispense_give_up_s": 3.0,
+        "dispense_command_ttl_s": 2,  # must expire before the give-up
         "engine_tick_s": 0.2,
     }
     values.update(overrides)

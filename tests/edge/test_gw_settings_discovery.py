@@ -40,6 +40,13 @@ def test_invalid_settings_refuse_to_start(monkeypatch: pytest.MonkeyPatch) -> No
         GatewaySettings(dispense_resend_s=10, dispense_give_up_s=5)
     with pytest.raises(ValidationError):
         GatewaySettings(no_such_setting=1)  # type: ignore[call-arg]
+    # A command must expire on the device before the gateway gives up on it and records unknown.
+    for ttl in (90, 120):
+        with pytest.raises(ValidationError, match="dispense_command_ttl_s"):
+            GatewaySettings(dispense_command_ttl_s=ttl, dispense_give_up_s=90)
+    assert GatewaySettings(dispense_command_ttl_s=89, dispense_give_up_s=90).dispense_give_up_s
+    defaults = GatewaySettings()
+    assert defaults.dispense_give_up_s > defaults.dispense_command_ttl_s
 
 
 async def test_zeroconf_announces_the_kiosk_api(

@@ -30,6 +30,11 @@ def cash_order(quantity: int = 1, item: str = "M1-A1") -> NewOrder:
     return NewOrder("M1", (NewOrderLine(item, quantity),), PaymentMethod.CASH)
 
 
+def sandbox_order(quantity: int = 1, item: str = "M1-A1") -> NewOrder:
+    """Several of these can be open on one machine (only one cash order can)."""
+    return NewOrder("M1", (NewOrderLine(item, quantity),), PaymentMethod.SANDBOX)
+
+
 async def outbox_types(store: GatewayStore) -> list[str]:
     return [e.type for e in await store.outbox_pending(1000)]
 
@@ -61,7 +66,7 @@ async def test_failed_order_leaves_no_trace(store: GatewayStore) -> None:
 
 async def test_outbox_ack_by_high_water_mark(store: GatewayStore) -> None:
     for _ in range(3):
-        await store.create_order(cash_order(), None, "h")
+        await store.create_order(sandbox_order(), None, "h")
     events = await store.outbox_pending(100)
     assert [e.seq for e in events] == sorted(e.seq for e in events)
     assert await store.outbox_backlog() == 3
@@ -143,7 +148,8 @@ async def test_payment_update_is_idempotent(store: GatewayStore) -> None:
 
 async def test_single_writer_serialises_concurrent_orders(store: GatewayStore) -> None:
     results = await asyncio.gather(
-        *(store.create_order(cash_order(), None, "h") for _ in range(20)), return_exceptions=True
+        *(store.create_order(sandbox_order(), None, "h") for _ in range(20)),
+        return_exceptions=True,
     )
     created = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, InsufficientStock)]

@@ -58,7 +58,7 @@ async def test_cash_order_completes(gateway: Gateway, m1: DeviceDouble) -> None:
     assert types.count("dispense.result") == 2 and types.count("cash.credit") == 2
     # The counter grows per command and every command verifies with the machine's key.
     rows = await gateway.store.query("SELECT ctr, payload FROM dispense_commands ORDER BY ctr")
-    assert [r["ctr"] for r in rows] == [1, 2]
+    assert len(rows) == 2 and 0 < rows[0]["ctr"] < rows[1]["ctr"]
     # A result sent again (the device did not see the ack) is acked but counted once.
     m1.acked.clear()
     await m1.answer_late(bytes(rows[0]["payload"]), "ok")
@@ -79,7 +79,9 @@ async def test_credit_before_order_pays_the_next_order(gateway: Gateway, m1: Dev
     await m1.insert_coin(5000)
     await wait_for(lambda: _credits(gateway, 1))
     order = await create_cash_order(gateway, [{"id": "M1-A2", "quantity": 1}])
-    assert order["status"] == "paid" and order["paid_amount"] == 5000
+    # Only the price is taken; the rest stays machine credit for the next cash order.
+    assert order["status"] == "paid" and order["paid_amount"] == 2000
+    assert await gateway.store.machine_credit("M1", "INR") == 3000
     assert await until_status(gateway, order["id"], "completed") == "completed"
 
 
@@ -192,3 +194,60 @@ async def test_two_machines_vend_independently(
         assert await until_status(gateway, first["id"], "completed") == "completed"
         assert await until_status(gateway, second["id"], "completed") == "completed"
         assert len(m1.motor_runs) == 1 and len(m2.motor_runs) == 1
+
+
+async def test_new_gateway_database_still_vends(
+    tmp_path: Path, creds: dict[str, MachineCreds]
+) -> None:
+    """The device keeps the highest counter it accepted. A gateway with a new (or restored)
+    database must still issue counters above it, or the device refuses every command."""
+    async with Gateway(gateway_settings(tmp_path / "old")) as gw:
+        await load_site(gw, creds)
+        async with device(gw, creds["M1"]) as dev:
+            order = await create_cash_order(gw, [{"id": "M1-A1", "quantity": 1}])
+            await dev.insert_coin(2000)
+            assert await until_status(gw, order["id"], "completed") == "completed"
+            device_ctr = dev.last_ctr
+    assert device_ctr > 0
+    async with Gateway(gateway_settings(tmp_path / "new")) as gw:
+        await load_site(gw, creds)
+        async with device(gw, creds["M1"], last_ctr=device_ctr) as dev:
+            order = await create_cash_order(gw, [{"id": "M1-A1", "quantity": 1}])
+            await dev.insert_coin(2000)
+            assert await until_status(gw, order["id"], "completed", "refund_pending") == (
+                "completed"
+            )
+            assert dev.refused == [] and len(dev.motor_runs) == 1
+            assert dev.last_ctr > device_ctr
+
+
+async def test_coins_pay_the_current_cash_order(gateway: Gateway, m1: DeviceDouble) -> None:
+    """An abandoned unpaid cash order is superseded by the next one, which the coins then pay;
+    while a cash order holds coins, another cash order on the machine is refused (409)."""
+    abandoned = await create_cash_order(gateway, [{"id": "M1-A1", "quantity": 1}])
+    current = await create_cash_order(gateway, [{"id": "M1-A2", "quantity": 1}])
+    assert await order_status(gateway, abandoned["id"]) == "cancelled"
+    await m1.insert_coin(1000)
+    await wait_for(lambda: _paid(gateway, current["id"], 1000))
+    async with aiohttp.ClientSession(base_url=gateway.http_url) as http:
+        body = {
+            "machine_id": "M1",
+            "items": [{"id": "M1-A1", "quantity": 1}],
+            "payment_method": "cash",
+        }
+        async with http.post("/api/v1/orders", json=body) as response:
+            assert response.status == 409
+            assert (await response.json())["error"]["code"] == "machine_busy"
+    await m1.insert_coin(1500)  # 500 more than needed
+    assert await until_status(gateway, current["id"], "completed") == "completed"
+    final = await gateway.store.get_order(current["id"])
+    assert final.paid_amount == 2000
+    assert (await gateway.store.get_order(abandoned["id"])).paid_amount == 0
+    assert await gateway.store.machine_credit("M1", "INR") == 500
+    # The overpaid 500 goes towards the next cash order.
+    following = await create_cash_order(gateway, [{"id": "M1-A1", "quantity": 1}])
+    assert following["paid_amount"] == 500 and following["status"] == "awaiting_payment"
+    await m1.insert_coin(1500)
+    assert await until_status(gateway, following["id"], "completed") == "completed"
+    assert await gateway.store.machine_credit("M1", "INR") == 0
+    assert len(m1.motor_runs) == 2

@@ -61,6 +61,7 @@ def kiosk_gateway_settings(data_dir: Path) -> GatewaySettings:
         zeroconf_enabled=False,
         dispense_resend_s=0.5,
         dispense_give_up_s=5.0,
+        dispense_command_ttl_s=4,  # must expire before the give-up
         engine_tick_s=0.2,
     )
 

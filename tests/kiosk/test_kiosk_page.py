@@ -1,6 +1,7 @@
 """The kiosk page in headless Chromium against a real gateway and the real firmware."""
 
 import os
+import time
 from pathlib import Path
 
 import aiohttp
@@ -8,6 +9,7 @@ from kiosk_support import KioskCreds, kiosk_gateway_settings, load_kiosk_site
 from playwright.async_api import ConsoleMessage, Page, Route, expect
 from polling import wait_for
 
+from contracts.device_messages import CashCredit
 from contracts.sync import PaymentCreate, PaymentIntent
 from edge.app import Gateway
 from tools.virtual_esp32 import VirtualDevice
@@ -134,6 +136,10 @@ async def test_sold_out_caps_and_stock_conflict(
         ) as response,
     ):
         assert response.status == 201, await response.text()
+        taken = (await response.json())["data"]
+    # ... and pays for it, so the page's own cash order cannot supersede it.
+    coins = CashCredit(id=os.urandom(16).hex(), amount=taken["total_amount"], ts=int(time.time()))
+    await kiosk_gateway.store.record_cash_credit("M1", coins)
 
     await page.get_by_test_id("pay-cash").click()
     await page.get_by_test_id("checkout").click()
