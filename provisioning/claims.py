@@ -1,7 +1,7 @@
 """Claim codes: a short one-time code that lets a second technician (or a phone) fetch a
 machine's device bundle from the cloud without the cloud ever holding it in the clear.
 
-- The code is 10 random Crockford base32 characters (50 bits), shown as ``XXXXX-XXXXX``.
+- The code is 16 random Crockford base32 characters (80 bits), shown as ``XXXX-XXXX-XXXX-XXXX``.
   Normalising upper-cases it, drops spaces and dashes, and maps the look-alikes I/L to 1 and
   O to 0, so a code read aloud or typed from paper still matches.
 - The cloud stores ``sha256(normalised code)`` (hex) as the lookup key, never the code.
@@ -9,8 +9,9 @@ machine's device bundle from the cloud without the cloud ever holding it in the 
   info="vending-claim/v1")`` with a random 96-bit nonce and the machine id as associated data,
   so a ciphertext moved to another machine's claim does not decrypt.
 
-The claim lives at most an hour and is redeemed once (the cloud then drops the ciphertext); the
-50 bits are sized for that window, not for long-term storage.
+The claim lives at most an hour and is redeemed once (the cloud then drops the ciphertext). The
+80 bits are sized for the worst case: someone who copies the cloud's database (hash and
+ciphertext) while a claim is open and then searches the code space offline.
 """
 
 import base64
@@ -30,7 +31,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from provisioning.errors import ClaimError, InvalidInput
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
-CODE_LENGTH = 10
+CODE_LENGTH = 16
+GROUP = 4
 URI_SCHEME = "vending-claim"
 KDF_INFO = b"vending-claim/v1"
 NONCE_BYTES = 12
@@ -49,14 +51,15 @@ def new_code() -> str:
 
 
 def format_code(code: str) -> str:
-    half = CODE_LENGTH // 2
-    return f"{code[:half]}-{code[half:]}"
+    return "-".join(code[i : i + GROUP] for i in range(0, len(code), GROUP))
 
 
 def normalise_code(text: str) -> str:
     code = "".join(text.split()).replace("-", "").upper().translate(_LOOKALIKES)
     if len(code) != CODE_LENGTH or any(c not in ALPHABET for c in code):
-        raise InvalidInput(f"not a claim code: expected {CODE_LENGTH} characters like ABCDE-23456")
+        raise InvalidInput(
+            f"not a claim code: expected {CODE_LENGTH} characters like ABCD-EFGH-2345-6789"
+        )
     return code
 
 
@@ -110,7 +113,7 @@ def claim_uri(cloud_url: str, code: str) -> str:
 
 
 def parse_claim(text: str) -> tuple[str | None, str]:
-    """A bare code (``ABCDE-23456``) or a scanned ``vending-claim:?cloud=...&code=...`` URI;
+    """A bare code (``ABCD-EFGH-2345-6789``) or a scanned ``vending-claim:?cloud=...&code=...`` URI;
     returns ``(cloud_url or None, normalised code)``."""
     text = text.strip()
     if not text.lower().startswith(f"{URI_SCHEME}:"):

@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_onboard, mqtt_host_given=False)
 
     p = sub.add_parser("claim", help="exchange a claim code for the device bundle (once)")
-    p.add_argument("code", help="ABCDE-23456 or a scanned vending-claim: URI")
+    p.add_argument("code", help="ABCD-EFGH-2345-6789 or a scanned vending-claim: URI")
     p.add_argument("--cloud", help="cloud URL (default: from the URI or your login)")
     p.add_argument("--out", help="bundle file (default ./<machine_id>.bundle.json)")
     p.set_defaults(func=cmd_claim)

@@ -129,7 +129,9 @@ def test_dry_run_no_compile_copies_sources(bundle_file, capsys):
 
 
 def test_dry_run_claim_does_not_redeem(capsys):
-    rc = main(["device", "flash", "--port", "/dev/pts/5", "--claim", "ABCDE-23456", "--dry-run"])
+    rc = main(
+        ["device", "flash", "--port", "/dev/pts/5", "--claim", "ABCD-EFGH-2345-6789", "--dry-run"]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "not redeemed" in out
@@ -158,7 +160,7 @@ def test_unknown_port_does_not_spend_a_claim(capsys, one_line_error):
             "--port",
             "/dev/ttyUSB-nope",
             "--claim",
-            "ABCDE-23456",
+            "ABCD-EFGH-2345-6789",
             "--cloud",
             "http://127.0.0.1:9",
         ]

@@ -13,7 +13,7 @@ from provisioning import claims
 from provisioning.bundle import BUNDLE_KEYS, GATEWAY_SERVICE
 from provisioning.cli import main
 
-CODE_RE = re.compile(r"claim code: ([0-9A-Z]{5}-[0-9A-Z]{5})")
+CODE_RE = re.compile(r"claim code: ((?:[0-9A-Z]{4}-){3}[0-9A-Z]{4})")
 
 
 def _onboard(account, *extra):
@@ -189,8 +189,8 @@ def test_claim_crypto_binds_code_and_machine():
         claims.unseal(sealed, claims.new_code(), "m-1")
     with pytest.raises(claims.ClaimError):
         claims.unseal(sealed, code, "m-2")
-    assert claims.normalise_code("abcde-1o1il") == "ABCDE10111"
-    assert claims.code_hash("ABCDE-10111") == claims.code_hash("abcde 1o1il")
+    assert claims.normalise_code("abcd-e1o1-il23-4567") == "ABCDE10111234567"
+    assert claims.code_hash("ABCD-E101-1123-4567") == claims.code_hash("abcde 1o1il 234567")
 
 
 @pytest.mark.parametrize(
