@@ -51,6 +51,10 @@ class CloudSettings(BaseSettings):
     def _production_needs_secret(self) -> "CloudSettings":
         if self.environment == "production" and self.jwt_secret is None:
             raise ValueError("VENDING_CLOUD_JWT_SECRET is required in production")
+        # HS256 with a short secret can be brute-forced offline from a single token, and then
+        # any tenantId could be forged.
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError("VENDING_CLOUD_JWT_SECRET must be at least 32 characters")
         return self
 
     @classmethod
@@ -65,12 +69,19 @@ class CloudSettings(BaseSettings):
             return self.jwt_secret.get_secret_value()
         path = self.data_dir / _JWT_SECRET_FILE
         if path.exists():
-            return path.read_text().strip()
+            kept = path.read_text().strip()
+            if len(kept) >= 32:
+                return kept
+            # Empty or cut short (a crash while it was written): make a new one. Tokens signed
+            # with the old one stop working, which is the safe way round.
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         value = secrets.token_urlsafe(48)
-        fd = _open_private(path)
-        with open(fd, "w") as fh:
+        tmp = path.with_suffix(".tmp")
+        with open(_open_private(tmp), "w") as fh:
             fh.write(value)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
         return value
 
 
