@@ -11,10 +11,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from gw_support import MachineCreds, Mosquitto, gateway_settings, load_site
+from gw_support import Mosquitto, gateway_settings, load_site
 from polling import wait_for
+from standalone_site import MachineCreds
 
-from contracts.credentials import hash_secret, new_command_key, new_mqtt_secret
+from contracts.credentials import new_mqtt_secret
 from edge.app import Gateway
 from edge.broker.mosquitto import LISTENER_CONFIG, REQUIRED_CONFIG, render_acl
 
@@ -22,13 +23,7 @@ from edge.broker.mosquitto import LISTENER_CONFIG, REQUIRED_CONFIG, render_acl
 @pytest.fixture(scope="session")
 def creds() -> dict[str, MachineCreds]:
     """Credentials for machines M1 and M2 (hashed once: PBKDF2 is deliberately slow)."""
-    out = {}
-    for machine_id in ("M1", "M2"):
-        secret = new_mqtt_secret()
-        out[machine_id] = MachineCreds(
-            machine_id, secret, new_command_key(), hash_secret(secret, iterations=1000)
-        )
-    return out
+    return {machine_id: MachineCreds.new(machine_id) for machine_id in ("M1", "M2")}
 
 
 @pytest.fixture

@@ -2,9 +2,11 @@
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from contracts.sync import CatalogItemState, MachineState, StateResponse
+from standalone_site import MachineCreds, machine_state
+
+from contracts.sync import MachineState, StateResponse
 from edge.app import Gateway
 from edge.settings import GatewaySettings
 
@@ -15,14 +17,6 @@ class Mosquitto:
     gateway_password: str
 
 
-@dataclass
-class MachineCreds:
-    id: str
-    secret: str
-    command_key: str
-    secret_hash: str
-
-
 def make_machine(
     machine_id: str,
     creds: MachineCreds,
@@ -31,33 +25,13 @@ def make_machine(
     version: int = 1,
     stock_rev: int = 0,
     price: int = 2000,
-    status: str = "active",
+    status: Literal["active", "decommissioned"] = "active",
 ) -> MachineState:
-    return MachineState(
-        id=machine_id,
-        tenant_id="t1",
-        site_id="s1",
-        name=f"Machine {machine_id}",
-        location="Lobby",
-        status=status,  # type: ignore[arg-type]
-        mqtt_secret_hash=creds.secret_hash,
-        command_key=creds.command_key,
-        currency="INR",
-        catalog=[
-            CatalogItemState(
-                id=f"{machine_id}-{slot}",
-                slot=slot,
-                name=f"Snack {slot}",
-                category="snacks",
-                price=price,
-                currency="INR",
-                quantity=quantity,
-                stock_rev=stock_rev,
-            )
-            for slot, quantity in stock.items()
-        ],
-        version=version,
-    )
+    catalog = {slot: (f"Snack {slot}", "snacks", price, qty) for slot, qty in stock.items()}
+    return machine_state(
+        machine_id, creds, catalog, name=f"Machine {machine_id}", location="Lobby",
+        version=version, stock_rev=stock_rev, status=status,
+    )  # fmt: skip
 
 
 def gateway_settings(data_dir: Path, **overrides: Any) -> GatewaySettings:

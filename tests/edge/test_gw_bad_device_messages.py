@@ -3,8 +3,8 @@ dropped; the gateway keeps processing what follows."""
 
 import aiohttp
 from gw_device_double import DeviceDouble
-from gw_support import MachineCreds
 from polling import wait_for
+from standalone_site import MachineCreds
 
 from contracts import topics
 from edge.app import Gateway

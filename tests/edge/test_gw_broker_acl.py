@@ -7,8 +7,9 @@ import pytest
 from amqtt.client import MQTTClient
 from amqtt.errors import ConnectError
 from amqtt.mqtt.constants import QOS_1
-from gw_support import MachineCreds, make_machine
+from gw_support import make_machine
 from polling import wait_for
+from standalone_site import MachineCreds
 
 from contracts.sync import StateResponse
 from edge.app import Gateway

@@ -6,8 +6,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gw_support import MachineCreds, order_status
+from gw_support import order_status
 from polling import wait_for
+from standalone_site import MachineCreds
 
 from edge.app import Gateway
 from tools.virtual_esp32 import VirtualDevice

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import aiohttp
 from gw_device_double import DeviceDouble
-from gw_support import MachineCreds, gateway_settings, load_site, order_status
+from gw_support import gateway_settings, load_site, order_status
 from polling import wait_for
+from standalone_site import MachineCreds
 
 from contracts.sync import PaymentCreate, PaymentIntent, PaymentUpdate
 from edge.app import Gateway

@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-from gw_support import MachineCreds, gateway_settings
+from gw_support import gateway_settings
 from pydantic import ValidationError
+from standalone_site import MachineCreds
 from zeroconf.asyncio import AsyncZeroconf
 
 from edge.app import Gateway

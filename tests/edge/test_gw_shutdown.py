@@ -4,7 +4,8 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
-from gw_support import MachineCreds, gateway_settings, load_site
+from gw_support import gateway_settings, load_site
+from standalone_site import MachineCreds
 
 from edge.app import Gateway
 

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from gw_support import MachineCreds, gateway_settings, make_machine
+from gw_support import gateway_settings, make_machine
+from standalone_site import MachineCreds
 
 from contracts.orders import OrderStatus, PaymentMethod
 from contracts.sync import PaymentIntent, PaymentUpdate, StateResponse

@@ -8,8 +8,9 @@ from typing import Any
 import aiohttp
 import pytest
 from gw_device_double import DeviceDouble
-from gw_support import MachineCreds, gateway_settings, load_site, order_status
+from gw_support import gateway_settings, load_site, order_status
 from polling import wait_for
+from standalone_site import MachineCreds
 
 from contracts.signing import verify_command
 from edge.app import Gateway

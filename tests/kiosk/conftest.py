@@ -5,11 +5,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from kiosk_support import KioskCreds, kiosk_gateway_settings, load_kiosk_site
+from kiosk_support import kiosk_gateway_settings, load_kiosk_site
 from playwright.async_api import Browser, Page, async_playwright
 from polling import wait_for
+from standalone_site import MachineCreds
 
-from contracts.credentials import hash_secret, new_command_key, new_mqtt_secret
 from edge.app import Gateway
 from tools.browser import LAUNCH_ARGS, BrowserUnavailable, ensure_chromium
 from tools.virtual_esp32 import VirtualDevice
@@ -18,14 +18,8 @@ VIEWPORT = {"width": 1024, "height": 768}
 
 
 @pytest.fixture(scope="session")
-def kiosk_creds() -> dict[str, KioskCreds]:
-    out = {}
-    for machine_id in ("M1", "M2"):
-        secret = new_mqtt_secret()
-        out[machine_id] = KioskCreds(
-            machine_id, secret, new_command_key(), hash_secret(secret, iterations=1000)
-        )
-    return out
+def kiosk_creds() -> dict[str, MachineCreds]:
+    return {machine_id: MachineCreds.new(machine_id) for machine_id in ("M1", "M2")}
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +32,7 @@ def chromium_path() -> Path:
 
 @pytest.fixture
 async def kiosk_gateway(
-    tmp_path: Path, kiosk_creds: dict[str, KioskCreds]
+    tmp_path: Path, kiosk_creds: dict[str, MachineCreds]
 ) -> AsyncIterator[Gateway]:
     async with Gateway(kiosk_gateway_settings(tmp_path / "gw")) as gw:
         await load_kiosk_site(gw, kiosk_creds)
@@ -47,7 +41,7 @@ async def kiosk_gateway(
 
 @pytest.fixture
 async def kiosk_device(
-    tmp_path: Path, kiosk_gateway: Gateway, kiosk_creds: dict[str, KioskCreds]
+    tmp_path: Path, kiosk_gateway: Gateway, kiosk_creds: dict[str, MachineCreds]
 ) -> AsyncIterator[VirtualDevice]:
     """The real firmware for M1 in the MicroPython unix port, online at the gateway."""
     m1 = kiosk_creds["M1"]

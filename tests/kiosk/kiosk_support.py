@@ -1,55 +1,24 @@
 """Helpers for the kiosk page tests: the site the gateway is loaded with, settings, polling."""
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from contracts.sync import CatalogItemState, MachineState, StateResponse
+from standalone_site import Catalog, MachineCreds, machine_state
+
+from contracts.sync import MachineState, StateResponse
 from edge.app import Gateway
 from edge.settings import GatewaySettings
 
 # slot -> (name, category, price in paise, quantity)
-KIOSK_CATALOG: dict[str, tuple[str, str, int, int]] = {
+KIOSK_CATALOG: Catalog = {
     "A1": ("Masala Chips", "snacks", 2000, 5),
     "A2": ("Mango Juice", "drinks", 3550, 2),
     "B1": ("Choco Bar", "sweets", 1250, 0),
 }
 
 
-@dataclass
-class KioskCreds:
-    id: str
-    secret: str
-    command_key: str
-    secret_hash: str
-
-
-def kiosk_machine(
-    machine_id: str, creds: KioskCreds, catalog: dict[str, tuple[str, str, int, int]]
-) -> MachineState:
-    return MachineState(
-        id=machine_id,
-        tenant_id="t1",
-        site_id="s1",
-        name=f"Lobby {machine_id}",
-        location="Ground floor",
-        status="active",
-        mqtt_secret_hash=creds.secret_hash,
-        command_key=creds.command_key,
-        currency="INR",
-        catalog=[
-            CatalogItemState(
-                id=f"{machine_id}-{slot}",
-                slot=slot,
-                name=name,
-                category=category,
-                price=price,
-                currency="INR",
-                quantity=quantity,
-                stock_rev=0,
-            )
-            for slot, (name, category, price, quantity) in catalog.items()
-        ],
-        version=1,
+def kiosk_machine(machine_id: str, creds: MachineCreds, catalog: Catalog) -> MachineState:
+    return machine_state(
+        machine_id, creds, catalog, name=f"Lobby {machine_id}", location="Ground floor"
     )
 
 
@@ -66,7 +35,7 @@ def kiosk_gateway_settings(data_dir: Path) -> GatewaySettings:
     )
 
 
-async def load_kiosk_site(gateway: Gateway, creds: dict[str, KioskCreds]) -> None:
+async def load_kiosk_site(gateway: Gateway, creds: dict[str, MachineCreds]) -> None:
     await gateway.store.apply_state(
         StateResponse(
             cursor=1,

@@ -5,9 +5,10 @@ import time
 from pathlib import Path
 
 import aiohttp
-from kiosk_support import KioskCreds, kiosk_gateway_settings, load_kiosk_site
+from kiosk_support import kiosk_gateway_settings, load_kiosk_site
 from playwright.async_api import ConsoleMessage, Page, Route, expect
 from polling import wait_for
+from standalone_site import MachineCreds
 
 from contracts.device_messages import CashCredit
 from contracts.sync import PaymentCreate, PaymentIntent
@@ -183,7 +184,7 @@ class SandboxPayments:
 
 
 async def test_upi_sandbox_qr_and_polling_when_the_stream_fails(
-    page: Page, tmp_path: Path, kiosk_creds: dict[str, KioskCreds]
+    page: Page, tmp_path: Path, kiosk_creds: dict[str, MachineCreds]
 ) -> None:
     errors = watch_page_errors(page)
     payments = SandboxPayments()
