@@ -9,9 +9,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from contracts.sealing import SealingError
 from edge.app import Gateway
 from edge.errors import GatewayError
 from edge.settings import GatewaySettings
+from edge.store import GatewayStore
 
 log = logging.getLogger("edge")
 
@@ -27,7 +29,47 @@ async def _serve(settings: GatewaySettings) -> None:
     log.info("gateway stopped")
 
 
+async def _rekey(settings: GatewaySettings) -> None:
+    async with GatewayStore(settings) as store:
+        report = await store.rekey()
+    print(
+        f"re-sealed under master key {settings.key_ring().active!r}: "
+        f"{report.command_keys} command keys, {report.phones} phone numbers, "
+        f"{report.outbox_events} outbox events"
+        + (
+            f"; keys no longer used: {', '.join(report.retired_keys)}"
+            if report.retired_keys
+            else ""
+        )
+    )
+
+
+def rekey_main(argv: list[str]) -> int:
+    """``vending-gateway rekey``: re-seal the database's secrets under the active master key."""
+    parser = argparse.ArgumentParser(
+        prog="vending-gateway rekey",
+        description="Re-seal command keys and phone numbers under the first (active) master key; "
+        "afterwards the older keys may be removed from the settings.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML or JSON settings file")
+    args = parser.parse_args(argv)
+    try:
+        settings = GatewaySettings.load(args.config)
+    except ValidationError as exc:
+        print(f"invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_rekey(settings))
+    except (GatewayError, SealingError) as exc:
+        print(f"rekey failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["rekey"]:
+        return rekey_main(words[1:])
     parser = argparse.ArgumentParser(prog="vending-gateway", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML or JSON settings file")
     parser.add_argument("--log-level", default="INFO")

@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from contracts.sealing import KeyRing, load_key_ring
+
 CONFIG_FILE_ENV = "VENDING_GATEWAY_CONFIG_FILE"
 _config_file: ContextVar[str | None] = ContextVar("gateway_config_file", default=None)
 
@@ -55,6 +57,12 @@ class GatewaySettings(BaseSettings):
 
     zeroconf_enabled: bool = True
 
+    # Master keys sealing command keys and customer phone numbers in the database
+    # (contracts.sealing): "kid:hexkey" entries, the first one active. Inline or a file (a
+    # mounted secret); when neither is set, one is generated in data_dir/master_keys (0600).
+    master_keys: SecretStr | None = None
+    master_keys_file: Path | None = None
+
     @model_validator(mode="after")
     def _fill_generated(self) -> "GatewaySettings":
         if self.gateway_mqtt_password is None:
@@ -76,6 +84,13 @@ class GatewaySettings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "gateway.sqlite3"
+
+    def key_ring(self) -> KeyRing:
+        """Raises ``contracts.sealing.KeyConfigError`` when the setting is malformed."""
+        inline = self.master_keys.get_secret_value() if self.master_keys else None
+        return load_key_ring(
+            inline, self.master_keys_file, self.data_dir / "master_keys", allow_generate=True
+        )
 
     @classmethod
     def settings_customise_sources(

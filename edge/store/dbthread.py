@@ -54,7 +54,8 @@ class DbThread:
         self._thread.start()
         self._ready.wait(timeout=30)
         if self._open_error is not None:
-            raise StoreError(f"cannot open {self._path}") from self._open_error
+            # The cause's text is the operator's clue (e.g. a master key that does not match).
+            raise StoreError(f"cannot open {self._path}: {self._open_error}") from self._open_error
 
     def stop(self) -> None:
         if self._thread is None:

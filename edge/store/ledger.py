@@ -39,6 +39,7 @@ from edge.errors import (
     OrderConflict,
     OrderNotFound,
 )
+from edge.store import sealed
 from edge.store.views import (
     CreditOutcome,
     NewOrder,
@@ -74,7 +75,12 @@ def new_id() -> str:
 def add_outbox(db: Db, event_id: str, event_type: str, payload: dict[str, Any]) -> None:
     db.execute(
         "INSERT OR IGNORE INTO outbox (event_id, type, payload, occurred_at) VALUES (?, ?, ?, ?)",
-        [event_id, event_type, json.dumps(payload, separators=(",", ":")), now_iso()],
+        [
+            event_id,
+            event_type,
+            json.dumps(sealed.seal_outbox_payload(db, event_id, payload), separators=(",", ":")),
+            now_iso(),
+        ],
     )
 
 
@@ -132,7 +138,7 @@ def load_order(db: Db, order_id: str) -> OrderView | None:
         currency=row["currency"],
         payment=payment,
         customer_name=row["customer_name"],
-        customer_phone=row["customer_phone"],
+        customer_phone=sealed.open_phone(db, row["id"], row["customer_phone"]),
         items=items,
         created_at=datetime.fromisoformat(row["created_at"]),
         updated_at=datetime.fromisoformat(row["updated_at"]),
@@ -235,7 +241,7 @@ def create_order(
             "paid_amount": 0,
             "currency": machine["currency"],
             "customer_name": order.customer_name,
-            "customer_phone": order.customer_phone,
+            "customer_phone": sealed.seal_phone(db, order_id, order.customer_phone),
             "created_at": created,
             "updated_at": created,
             "version": 0,
@@ -558,7 +564,8 @@ def _new_command(
         exp=now + ttl_s,
         ts=now,
     )
-    payload = sign_command(bytes.fromhex(machine["command_key"]), body)
+    key = sealed.open_command_key(db, order.machine_id, machine["command_key"])
+    payload = sign_command(key, body)
     sent_at = datetime.now(UTC)
     db.execute(
         "INSERT INTO dispense_commands (cmd_id, order_id, order_item_id, unit, machine_id, slot, "

@@ -2,6 +2,8 @@
 
 import sqlite_utils
 
+from edge.store import sealed
+
 migrations = sqlite_utils.Migrations("vending-gateway")
 
 
@@ -88,3 +90,11 @@ def m002_cash_allocations(db: sqlite_utils.Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@migrations()
+def m005_sealed_secrets(db: sqlite_utils.Database) -> None:
+    """Command keys and customer phone numbers become sealed values (``edge.store.sealed``):
+    the rows written in plaintext before are sealed here with the active master key, which the
+    store binds to the connection before it applies migrations."""
+    sealed.reseal_all(db, retire=False)

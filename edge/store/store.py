@@ -9,7 +9,9 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -17,10 +19,11 @@ import sqlite_utils
 
 from contracts.device_messages import CashCredit, DispenseResult
 from contracts.orders import DispenseOutcome, OrderStatus
+from contracts.sealing import KeyRing, SealingError
 from contracts.sync import OutboxEvent, PaymentIntent, PaymentUpdate, StateResponse
-from edge.errors import OrderNotFound
+from edge.errors import OrderNotFound, StoreError
 from edge.settings import GatewaySettings
-from edge.store import ledger
+from edge.store import ledger, sealed
 from edge.store.changes import ChangeFeed
 from edge.store.dbthread import DbThread
 from edge.store.schema import migrations
@@ -39,9 +42,27 @@ log = logging.getLogger(__name__)
 Db = sqlite_utils.Database
 
 
-def _migrate(db: Db) -> None:
-    db.execute("PRAGMA journal_mode = WAL")
-    migrations.apply(db)
+def _open_writer(ring: KeyRing) -> Callable[[Db], None]:
+    def on_open(db: Db) -> None:
+        db.execute("PRAGMA journal_mode = WAL")
+        sealed.bind(db, ring)
+        # Before the migrations: m005 would otherwise seal old plaintext with a wrong key.
+        sealed.check_keys(db)
+        migrations.apply(db)
+        sealed.mark_active_key(db)
+
+    return on_open
+
+
+def _open_reader(ring: KeyRing) -> Callable[[Db], None]:
+    return lambda db: sealed.bind(db, ring)
+
+
+def _create_private(path: Path) -> None:
+    """The database file exists with mode 0600 before SQLite opens it (SQLite gives its -wal
+    and -shm files the database file's mode)."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
 
 
 class GatewayStore:
@@ -49,6 +70,7 @@ class GatewayStore:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self._path = settings.db_path
+        self._settings = settings
         self._writer = DbThread(self._path, "store-writer", transactional=True)
         self._reader = DbThread(self._path, "store-reader", transactional=False)
         self.changes = ChangeFeed()
@@ -56,9 +78,16 @@ class GatewayStore:
 
     async def __aenter__(self) -> "GatewayStore":
         self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        await asyncio.to_thread(self._writer.start, _migrate)
-        os.chmod(self._path, 0o600)
-        await asyncio.to_thread(self._reader.start)
+        # The data directory holds the database, the master key and the TLS key: owner only,
+        # also when it was made by hand or by an older version.
+        os.chmod(self._path.parent, 0o700)
+        try:
+            ring = self._settings.key_ring()
+        except SealingError as exc:
+            raise StoreError(f"master keys: {exc}") from exc
+        _create_private(self._path)
+        await asyncio.to_thread(self._writer.start, _open_writer(ring))
+        await asyncio.to_thread(self._reader.start, _open_reader(ring))
         return self
 
     async def __aexit__(
@@ -94,7 +123,9 @@ class GatewayStore:
                     event_id=row["event_id"],
                     type=row["type"],
                     occurred_at=datetime.fromisoformat(row["occurred_at"]),
-                    payload=json.loads(row["payload"]),
+                    payload=sealed.open_outbox_payload(
+                        db, row["event_id"], json.loads(row["payload"])
+                    ),
                 )
                 for row in rows
             ]
@@ -317,6 +348,11 @@ class GatewayStore:
         )
         return row[0] if row else None
 
+    async def rekey(self) -> sealed.RekeyReport:
+        """Re-seal every sealed value under the active master key and forget the older keys'
+        canaries (after this, the older keys may be removed from the settings)."""
+        return await self._writer.run(lambda db: sealed.reseal_all(db, retire=True))
+
     async def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         """Read-only rows as dicts; for tests and diagnostics."""
         rows = await self._reader.run(lambda db: db.execute(sql, params or []).fetchall())
@@ -341,7 +377,7 @@ def _apply_state(db: Db, state: StateResponse) -> None:
                 machine.location,
                 machine.status,
                 machine.mqtt_secret_hash,
-                machine.command_key,
+                sealed.seal_command_key(db, machine.id, machine.command_key),
                 machine.currency,
                 json.dumps(machine.config),
                 machine.version,
