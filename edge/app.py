@@ -102,7 +102,9 @@ class Gateway:
                 gateway_password=settings.mqtt_password,
                 secret_hash=self.store.machine_secret_hash,
             )
-            self._broker = await stack.enter_async_context(EmbeddedBroker(settings, authority))
+            self._broker = await stack.enter_async_context(
+                EmbeddedBroker(settings, authority, self.metrics)
+            )
             self.mqtt_port = self._broker.port
             host = "127.0.0.1" if settings.mqtt_host in ("0.0.0.0", "") else settings.mqtt_host
             broker_url = f"mqtt://{host}:{self.mqtt_port}"

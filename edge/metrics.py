@@ -18,6 +18,29 @@ class GatewayMetrics:
             ["reason"],
             registry=self.registry,
         )
+        # The broker (edge.broker.hardened): what it refused before it touched any session.
+        self.mqtt_connects_refused = Counter(
+            "gateway_mqtt_connects_refused",
+            "MQTT CONNECTs refused: credentials, identity (session of another identity), will"
+            " (last will topic or retain not allowed), malformed",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.mqtt_oversized_packets = Counter(
+            "gateway_mqtt_oversized_packets",
+            "MQTT connections closed for a packet over the size limit, before it was read",
+            registry=self.registry,
+        )
+        self.mqtt_wills_dropped = Counter(
+            "gateway_mqtt_wills_dropped",
+            "Last wills not published: the session lost the right to publish them",
+            registry=self.registry,
+        )
+        self.mqtt_retain_refused = Counter(
+            "gateway_mqtt_retain_refused",
+            "Retained publishes delivered but not retained (only presence may be retained)",
+            registry=self.registry,
+        )
         self.orders_created = Counter(
             "gateway_orders_created", "Orders created", ["payment_method"], registry=self.registry
         )

@@ -42,6 +42,11 @@ class GatewaySettings(BaseSettings):
     gateway_mqtt_password: SecretStr | None = None  # generated per start when unset
     session_expiry_s: int = Field(default=3600, gt=0)
     max_mqtt_payload: int = Field(default=4096, gt=0)
+    # Largest MQTT packet (fixed header included) the embedded broker reads from a device; a
+    # bigger one closes the connection before its body is read. It must hold max_mqtt_payload
+    # plus the topic. The gateway's own client gets the second, larger limit.
+    mqtt_max_packet_bytes: int = Field(default=8192, ge=1024, le=268_435_455)
+    mqtt_gateway_max_packet_bytes: int = Field(default=65536, ge=1024, le=268_435_455)
 
     cloud_url: str | None = None  # None = standalone, cash only
     enroll_token: SecretStr | None = None
@@ -74,6 +79,13 @@ class GatewaySettings(BaseSettings):
             # The gateway records "unknown" at give-up and never retries the unit; a command
             # still valid on the device then could run after that and contradict the record.
             raise ValueError("dispense_give_up_s must be > dispense_command_ttl_s")
+        return self
+
+    @model_validator(mode="after")
+    def _packet_limit_holds_a_payload(self) -> "GatewaySettings":
+        # Topic, fixed and variable headers of a device message fit in 512 bytes.
+        if self.mqtt_max_packet_bytes < self.max_mqtt_payload + 512:
+            raise ValueError("mqtt_max_packet_bytes must be >= max_mqtt_payload + 512")
         return self
 
     @property

@@ -33,3 +33,15 @@ def device_may_subscribe(machine_id: str, topic_filter: str) -> bool:
         for prefix in topics.DEVICE_SUBSCRIBE_PREFIXES
         if prefix.endswith("/")
     )
+
+
+def device_may_retain(machine_id: str, topic_name: str) -> bool:
+    """Only presence is retained: a retained money event would be handed to every later
+    subscriber, the gateway included at each restart, as if it were new."""
+    return topic_name == topics.topic(machine_id, topics.PRESENCE)
+
+
+def device_may_will(machine_id: str, topic_name: str) -> bool:
+    """A device's last will is its own offline presence and nothing else: a will is published
+    when the broker, not the device, decides the connection is gone."""
+    return topic_name == topics.topic(machine_id, topics.PRESENCE)

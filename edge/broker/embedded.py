@@ -1,14 +1,15 @@
-"""The embedded amqtt broker as an async context manager."""
+"""The embedded amqtt broker (``HardenedBroker``) as an async context manager."""
 
 import asyncio
 import logging
 from types import TracebackType
 
-from amqtt.broker import Broker
 from amqtt.errors import BrokerError
 
+from edge.broker.hardened import HardenedBroker, PacketLimits
 from edge.broker.plugins import BrokerAuthority, DeviceAuthPlugin, DeviceTopicPlugin
 from edge.errors import BrokerStartError
+from edge.metrics import GatewayMetrics
 from edge.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -20,10 +21,16 @@ _TOPIC = f"{DeviceTopicPlugin.__module__}.{DeviceTopicPlugin.__qualname__}"
 
 
 class EmbeddedBroker:
-    def __init__(self, settings: GatewaySettings, authority: BrokerAuthority) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        authority: BrokerAuthority,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self._settings = settings
         self._authority = authority
-        self._broker: Broker | None = None
+        self.metrics = metrics or GatewayMetrics()
+        self._broker: HardenedBroker | None = None
         self.port = 0
 
     async def __aenter__(self) -> "EmbeddedBroker":
@@ -35,7 +42,16 @@ class EmbeddedBroker:
             "plugins": {_AUTH: {}, _TOPIC: {}},
         }
         try:
-            self._broker = Broker(config, plugin_namespace=f"vending.gateway.{id(self)}")
+            self._broker = HardenedBroker(
+                config,
+                authority=self._authority,
+                metrics=self.metrics,
+                limits=PacketLimits(
+                    device_bytes=self._settings.mqtt_max_packet_bytes,
+                    gateway_bytes=self._settings.mqtt_gateway_max_packet_bytes,
+                ),
+                plugin_namespace=f"vending.gateway.{id(self)}",
+            )
             for name in ("DeviceAuthPlugin", "DeviceTopicPlugin"):
                 plugin = self._broker.plugins_manager.get_plugin(name)
                 if not isinstance(plugin, DeviceAuthPlugin | DeviceTopicPlugin):

@@ -9,8 +9,23 @@ device can take over another's session (or the gateway's, by connecting as clien
 
 from contracts import topics
 
-# Lines every Mosquitto config for a gateway needs (besides password_file and acl_file) ...
-REQUIRED_CONFIG = "per_listener_settings false\nallow_anonymous false\n"
+DEFAULT_MAX_PACKET_BYTES = 8192
+
+
+def required_config(max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES) -> str:
+    """Lines every Mosquitto config for a gateway needs (besides password_file and acl_file).
+
+    ``max_packet_size`` makes Mosquitto drop an MQTT 3.1.1 connection that sends a bigger
+    packet, the way the embedded broker does (``mqtt_max_packet_bytes``). Mosquitto has one
+    limit for every client, the gateway's included, so it gets the device limit.
+    """
+    return (
+        f"per_listener_settings false\nallow_anonymous false\nmax_packet_size {max_packet_bytes}\n"
+    )
+
+
+# The same with the default limit ...
+REQUIRED_CONFIG = required_config()
 # ... and these after each of its ``listener`` lines (a listener option placed before any
 # listener makes Mosquitto open a default listener on 1883).
 LISTENER_CONFIG = "use_username_as_clientid true\n"

@@ -15,7 +15,6 @@ from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
-from contracts import topics
 from contracts.credentials import CredentialFormatError, verify_secret
 from edge.broker import acl
 
@@ -54,12 +53,6 @@ class BrokerAuthority:
         if session.client_id != username:
             log.info("refused %s: client id must equal the machine id", username)
             return False
-        # amqtt publishes a last will without asking the topic plugin, so the will is checked
-        # here: a device's only will is its own presence (else a dropped connection could
-        # "publish" a cash credit for another machine).
-        if session.will_flag and session.will_topic != topics.topic(username, topics.PRESENCE):
-            log.warning("refused %s: last will on %r", username, session.will_topic)
-            return False
         stored = await self.secret_hash(username)
         if stored is None:
             log.info("refused %s: unknown or inactive machine", username)
@@ -88,6 +81,29 @@ class BrokerAuthority:
         machine_id = session.username or ""
         login_hash = self._session_hash.get(machine_id)
         return login_hash is not None and await self.secret_hash(machine_id) == login_hash
+
+    def will_allowed(self, session: Session) -> bool:
+        """The CONNECT's last will, checked by ``HardenedBroker`` after authentication and again
+        before the will is published (amqtt itself publishes wills unchecked)."""
+        if not session.will_flag:
+            return True
+        topic_name = session.will_topic or ""
+        if self.is_gateway(session):
+            return True
+        machine_id = session.username
+        if not machine_id or session.client_id != machine_id:
+            return False
+        if not acl.device_may_will(machine_id, topic_name):
+            return False
+        return not session.will_retain or acl.device_may_retain(machine_id, topic_name)
+
+    def may_retain(self, session: Session, topic_name: str) -> bool:
+        if self.is_gateway(session):
+            return True
+        machine_id = session.username
+        if not machine_id or session.client_id != machine_id:
+            return False
+        return acl.device_may_retain(machine_id, topic_name)
 
     def allowed(self, session: Session, topic_name: str, action: Action) -> bool:
         if self.is_gateway(session):
