@@ -3,7 +3,9 @@
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -12,12 +14,16 @@ from pydantic import ValidationError
 
 from cloud.auth.passwords import Passwords
 from cloud.bootstrap import create_tenant_with_admin
+from cloud.db import sealed
 from cloud.db.engine import create_engine
 from cloud.db.migrate import upgrade
-from cloud.errors import CloudError
+from cloud.errors import CloudError, ConfigurationError
 from cloud.server import CloudServer
 from cloud.settings import CloudSettings
 from cloud.storage import prepare_storage
+from contracts.sealing import SealingError
+
+ADMIN_PASSWORD_ENV = "VENDING_CLOUD_ADMIN_PASSWORD"
 
 
 async def _serve(settings: CloudSettings) -> None:
@@ -40,7 +46,23 @@ async def _migrate(settings: CloudSettings) -> None:
         await engine.dispose()
 
 
+def _admin_password(args: argparse.Namespace) -> str:
+    """From the option, else ``VENDING_CLOUD_ADMIN_PASSWORD``, else stdin (prompted on a
+    terminal): a password on the command line is visible to every local user in ``ps``."""
+    if args.admin_password:
+        return str(args.admin_password)
+    from_env = os.environ.get(ADMIN_PASSWORD_ENV)
+    if from_env:
+        return from_env
+    if sys.stdin.isatty():
+        return getpass.getpass(f"password for {args.admin_email}: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
 async def _create_tenant(settings: CloudSettings, args: argparse.Namespace) -> None:
+    password = _admin_password(args)
+    if not password:
+        raise ConfigurationError(f"no admin password: set {ADMIN_PASSWORD_ENV} or pass it on stdin")
     prepare_storage(settings)
     engine = create_engine(settings.database_url)
     try:
@@ -49,12 +71,34 @@ async def _create_tenant(settings: CloudSettings, args: argparse.Namespace) -> N
             engine,
             args.name,
             args.admin_email,
-            args.admin_password,
+            password,
             passwords=Passwords.from_settings(settings),
         )
     finally:
         await engine.dispose()
     print(tenant_id)
+
+
+async def _rekey(settings: CloudSettings) -> None:
+    """Re-seal command keys and phone numbers under the active master key (key ids only are
+    printed, never a key)."""
+    prepare_storage(settings)
+    try:
+        ring = settings.key_ring()
+    except SealingError as exc:
+        raise ConfigurationError(f"master keys: {exc}") from exc
+    engine = create_engine(settings.database_url)
+    try:
+        await upgrade(engine)
+        report = await sealed.rekey(sealed.with_keys(engine, ring))
+    finally:
+        await engine.dispose()
+    retired = ", ".join(report.retired_keys)
+    print(
+        f"re-sealed under master key {ring.active!r}: {report.command_keys} command keys, "
+        f"{report.phones} phone numbers, {report.events} synced order events"
+        + (f"; keys no longer used: {retired}" if retired else "")
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     tenant = sub.add_parser("create-tenant", help="create a tenant and its admin user")
     tenant.add_argument("--name", required=True)
     tenant.add_argument("--admin-email", required=True)
-    tenant.add_argument("--admin-password", required=True)
+    tenant.add_argument(
+        "--admin-password",
+        help=f"avoid: visible in ps; default ${ADMIN_PASSWORD_ENV}, else read from stdin",
+    )
+    sub.add_parser(
+        "rekey",
+        help="re-seal device keys and phone numbers under the first (active) master key",
+    )
     return parser
 
 
@@ -83,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_serve(settings))
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
+        elif args.command == "rekey":
+            asyncio.run(_rekey(settings))
         else:
             asyncio.run(_create_tenant(settings, args))
     except CloudError as exc:

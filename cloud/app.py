@@ -7,12 +7,15 @@ import weakref
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.auth.passwords import Passwords
 from cloud.auth.tokens import AccessTokens
 from cloud.context import CHANNELS, CONTEXT, SETTINGS, CloudContext
+from cloud.db import sealed
 from cloud.db.engine import create_engine
 from cloud.db.migrate import upgrade
+from cloud.errors import ConfigurationError
 from cloud.http.middleware import envelope_middleware
 from cloud.http.openapi import build_openapi
 from cloud.http.registry import Api, Endpoint
@@ -24,6 +27,7 @@ from cloud.storage import prepare_storage
 from cloud.sync import channel
 from cloud.sync import routes as sync_routes
 from cloud.sync.hub import ChannelHub
+from contracts.sealing import SealingError
 
 API_VERSION = "0.1.0"
 PUBLIC_APIS: tuple[Api, ...] = (
@@ -49,9 +53,10 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(settings.database_url)
     try:
         await upgrade(engine)
+        keyed = await _sealing_engine(settings, engine)
         app[CONTEXT] = CloudContext(
             settings=settings,
-            engine=engine,
+            engine=keyed,
             passwords=Passwords.from_settings(settings),
             access_tokens=AccessTokens(settings.resolve_jwt_secret(), settings.access_token_ttl_s),
             ca=await asyncio.to_thread(CertificateAuthority.load_or_create, settings.data_dir),
@@ -63,6 +68,18 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await engine.dispose()
+
+
+async def _sealing_engine(settings: CloudSettings, engine: AsyncEngine) -> AsyncEngine:
+    """The engine carrying the master keys; checks them against the database and seals rows
+    left in plaintext by earlier versions before anything is served."""
+    try:
+        ring = settings.key_ring()
+    except SealingError as exc:
+        raise ConfigurationError(f"master keys: {exc}") from exc
+    keyed = sealed.with_keys(engine, ring)
+    await sealed.seal_plaintext(keyed)
+    return keyed
 
 
 async def _workers(app: web.Application) -> AsyncIterator[None]:

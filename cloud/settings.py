@@ -8,7 +8,10 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.sealing import KeyRing, load_key_ring
+
 _JWT_SECRET_FILE = "jwt_secret"
+_MASTER_KEYS_FILE = "master_keys"
 
 
 class CloudSettings(BaseSettings):
@@ -47,6 +50,13 @@ class CloudSettings(BaseSettings):
     channel_poll_interval_s: float = Field(default=1.0, gt=0)
     channel_heartbeat_s: float = Field(default=20.0, gt=0)
 
+    # Master keys sealing command keys and customer phone numbers in the database
+    # (contracts.sealing): "kid:hexkey" entries, comma or newline separated, the first one
+    # active. Inline, or a file (a mounted Kubernetes secret). In development a key is
+    # generated in data_dir/master_keys when neither is set; production requires one.
+    master_keys: SecretStr | None = None
+    master_keys_file: Path | None = None
+
     @model_validator(mode="after")
     def _production_needs_secret(self) -> "CloudSettings":
         if self.environment == "production" and self.jwt_secret is None:
@@ -55,6 +65,16 @@ class CloudSettings(BaseSettings):
         # any tenantId could be forged.
         if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
             raise ValueError("VENDING_CLOUD_JWT_SECRET must be at least 32 characters")
+        return self
+
+    @model_validator(mode="after")
+    def _production_needs_master_keys(self) -> "CloudSettings":
+        # A generated key would sit in data_dir beside the database it protects.
+        if self.environment == "production" and not (self.master_keys or self.master_keys_file):
+            raise ValueError(
+                "VENDING_CLOUD_MASTER_KEYS or VENDING_CLOUD_MASTER_KEYS_FILE is required in "
+                "production"
+            )
         return self
 
     @classmethod
@@ -83,6 +103,16 @@ class CloudSettings(BaseSettings):
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         return value
+
+    def key_ring(self) -> KeyRing:
+        """Raises ``contracts.sealing.KeyConfigError`` when missing (production) or malformed."""
+        inline = self.master_keys.get_secret_value() if self.master_keys else None
+        return load_key_ring(
+            inline,
+            self.master_keys_file,
+            self.data_dir / _MASTER_KEYS_FILE,
+            allow_generate=self.environment != "production",
+        )
 
 
 def _open_private(path: Path) -> int:

@@ -23,7 +23,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from contracts.money import Amount, Currency, PositiveAmount
+from contracts.numbers import WHOLE_NUMBER
 from contracts.orders import ItemDispenseStatus, OrderStatus, PaymentMethod
+from contracts.text import PRINTABLE, DeviceReason, PersonName, PhoneNumber, Ref
 
 SYNC_PREFIX = "/sync/v1"
 MAX_BATCH = 500
@@ -62,8 +64,10 @@ EventType = Literal[
 
 
 class OutboxEvent(_Model):
-    seq: Annotated[StrictInt, Field(gt=0, le=2**53)]  # per-gateway, strictly increasing, no reuse
-    event_id: Annotated[str, Field(min_length=8, max_length=64)]  # stable id made where it happened
+    # per-gateway, strictly increasing, no reuse
+    seq: Annotated[StrictInt, Field(gt=0, le=2**53), WHOLE_NUMBER]
+    # stable id made where it happened
+    event_id: Annotated[str, Field(min_length=8, max_length=64), PRINTABLE]
     type: EventType
     occurred_at: datetime
     payload: dict[str, Any]
@@ -79,62 +83,70 @@ class PushAck(_Model):
     duplicates: StrictInt  # events already stored before (replays)
 
 
+# Units of one item in one order; the kiosk API refuses more, so the cloud never sees more.
+LineQuantity = Annotated[StrictInt, Field(ge=1, le=10), WHOLE_NUMBER]
+# The text rules of contracts.text apply to every string a gateway sends: the kiosk API and the
+# cloud's own inputs (catalog names, ids) refuse what would be refused here.
+ItemName = Annotated[str, Field(min_length=1, max_length=200), PRINTABLE]
+
+
 class OrderItemSnapshot(_Model):
-    id: str  # order item id (gateway-made)
-    catalog_item_id: str
-    slot: str
-    name: str
+    id: Ref  # order item id (gateway-made)
+    catalog_item_id: Ref
+    slot: Ref
+    name: ItemName
     unit_price: Amount
-    quantity: Annotated[StrictInt, Field(ge=1, le=10)]
-    dispensed: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
-    failed: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
-    unknown: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
+    quantity: LineQuantity
+    dispensed: Annotated[StrictInt, Field(ge=0, le=1000), WHOLE_NUMBER] = 0
+    failed: Annotated[StrictInt, Field(ge=0, le=1000), WHOLE_NUMBER] = 0
+    unknown: Annotated[StrictInt, Field(ge=0, le=1000), WHOLE_NUMBER] = 0
     dispense_status: ItemDispenseStatus
 
 
 class OrderSnapshot(_Model):
-    id: str  # order id (gateway-made UUID)
-    machine_id: str
+    id: Ref  # order id (gateway-made UUID)
+    machine_id: Ref
     status: OrderStatus
     payment_method: PaymentMethod
     total_amount: Amount
     paid_amount: Amount = 0
     currency: Currency
-    payment_id: str | None = None  # cloud payment id (sandbox/razorpay), None for cash
-    customer_name: str | None = None
-    customer_phone: str | None = None
+    payment_id: Ref | None = None  # cloud payment id (sandbox/razorpay), None for cash
+    customer_name: PersonName | None = None
+    customer_phone: PhoneNumber | None = None
     items: list[OrderItemSnapshot]
     created_at: datetime
     updated_at: datetime
-    version: Annotated[StrictInt, Field(ge=1, le=2**53)]  # grows with every change of the order
+    # grows with every change of the order
+    version: Annotated[StrictInt, Field(ge=1, le=2**53), WHOLE_NUMBER]
 
 
 class DispenseRecord(_Model):
-    cmd_id: str
-    machine_id: str
-    order_id: str
-    item_id: str
-    slot: str
+    cmd_id: Ref
+    machine_id: Ref
+    order_id: Ref
+    item_id: Ref
+    slot: Ref
     result: Literal["ok", "failed", "unknown"]
-    reason: str | None = None
-    device_ts: Annotated[StrictInt, Field(ge=-(2**53), le=2**53)] | None = None
+    reason: DeviceReason | None = None  # cleaned, never refused: the result must arrive
+    device_ts: Annotated[StrictInt, Field(ge=-(2**53), le=2**53), WHOLE_NUMBER] | None = None
 
 
 class CashCreditRecord(_Model):
-    credit_id: str  # the device's event id
-    machine_id: str
+    credit_id: Ref  # the device's event id
+    machine_id: Ref
     amount: PositiveAmount
     currency: Currency
-    order_id: str | None = None  # the order it paid for, if any
+    order_id: Ref | None = None  # the order it paid for, if any
 
 
 class InventoryChange(_Model):
-    machine_id: str
-    catalog_item_id: str
-    slot: str
+    machine_id: Ref
+    catalog_item_id: Ref
+    slot: Ref
     # level after the change, as the gateway sees it
-    quantity: Annotated[StrictInt, Field(ge=0, le=1_000_000)]
-    delta: Annotated[StrictInt, Field(ge=-1_000_000, le=1_000_000)]
+    quantity: Annotated[StrictInt, Field(ge=0, le=1_000_000), WHOLE_NUMBER]
+    delta: Annotated[StrictInt, Field(ge=-1_000_000, le=1_000_000), WHOLE_NUMBER]
     reason: Literal["sale", "reservation", "release", "restock", "device_report"]
 
 
@@ -148,12 +160,12 @@ class CatalogItemState(_Model):
     category: str | None = None
     price: Amount
     currency: Currency
-    quantity: Annotated[StrictInt, Field(ge=0, le=1_000_000)]
+    quantity: Annotated[StrictInt, Field(ge=0, le=1_000_000), WHOLE_NUMBER]
     # Bumped only when an operator sets the stock level in the cloud (restock). The gateway
     # adopts ``quantity`` only when ``stock_rev`` changes; otherwise its own count (which already
     # includes sales not yet synced) stays.
-    stock_rev: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0
-    capacity: Annotated[StrictInt, Field(ge=0, le=1_000_000)] | None = None
+    stock_rev: Annotated[StrictInt, Field(ge=0, le=2**31 - 1), WHOLE_NUMBER] = 0
+    capacity: Annotated[StrictInt, Field(ge=0, le=1_000_000), WHOLE_NUMBER] | None = None
     image_url: str | None = None
     active: bool = True
 
@@ -170,11 +182,11 @@ class MachineState(_Model):
     currency: Currency = "INR"
     config: dict[str, Any] = Field(default_factory=dict)
     catalog: list[CatalogItemState]
-    version: Annotated[StrictInt, Field(ge=0, le=2**53)]
+    version: Annotated[StrictInt, Field(ge=0, le=2**53), WHOLE_NUMBER]
 
 
 class StateResponse(_Model):
-    cursor: Annotated[StrictInt, Field(ge=0, le=2**53)]
+    cursor: Annotated[StrictInt, Field(ge=0, le=2**53), WHOLE_NUMBER]
     machines: list[MachineState]
 
 

@@ -40,6 +40,8 @@ def _sqlite_engine(url: sa.URL) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=15000")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Sealing a row written in plaintext must not leave the plaintext in a freed cell.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @sa.event.listens_for(engine.sync_engine, "begin")

@@ -105,7 +105,8 @@ machines = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("mqtt_secret_hash", sa.String(255), nullable=False),
-    sa.Column("command_key", sa.String(128), nullable=False),
+    # A sealed value (cloud.db.sealed), not the key itself.
+    sa.Column("command_key", sa.String(255), nullable=False),
     sa.Column("config", sa.JSON, nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False, index=True),
     sa.Column("created_at", Ts, nullable=False),
@@ -147,7 +148,7 @@ orders = sa.Table(
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("payment_id", sa.String(64), nullable=True),
     sa.Column("customer_name", sa.String(200), nullable=True),
-    sa.Column("customer_phone", sa.String(32), nullable=True),
+    sa.Column("customer_phone", sa.String(255), nullable=True),  # sealed (cloud.db.sealed)
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("created_at", Ts, nullable=False),
     sa.Column("updated_at", Ts, nullable=False),
@@ -250,6 +251,17 @@ channel_messages = sa.Table(
     sa.Column("created_at", Ts, nullable=False),
     sa.Column("acked_at", Ts, nullable=True),
     sa.Index("ix_channel_messages_pending", "gateway_id", "acked_at"),
+)
+
+# One row per master key id that has sealed values in this database: a known text sealed under
+# that key, opened at every start so a missing or wrong master key stops the cloud at once
+# (cloud.db.sealed).
+sealing_keys = sa.Table(
+    "sealing_keys",
+    metadata,
+    sa.Column("kid", sa.String(32), primary_key=True),
+    sa.Column("canary", sa.String(255), nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
 )
 
 # One-time claim codes: the technician's tool encrypts the device bundle with a key derived from

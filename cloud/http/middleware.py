@@ -41,6 +41,9 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         response = error(request, exc.status, code, exc.reason)
+        if "Allow" in exc.headers:
+            # A 405 names the methods the path supports (RFC 9110), envelope or not.
+            response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         log.exception("request %s: unhandled error", rid)
         response = error(request, 500, "internal_error", "internal server error")

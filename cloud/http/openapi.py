@@ -1,35 +1,45 @@
-"""OpenAPI 3.1 built from the route registry's pydantic models."""
+"""OpenAPI 3.1 built from the route registry's pydantic models (with contracts.openapi, which
+the gateway's kiosk document is built with too)."""
 
-import re
 from typing import Any
 
-from pydantic import BaseModel
-from pydantic.json_schema import JsonSchemaMode, models_json_schema
-
 from cloud.http.registry import Endpoint
-from cloud.models.common import ErrorEnvelope
+from contracts import openapi as oa
 
-_REF = "#/components/schemas/{model}"
-_PATH_PARAM = re.compile(r"{([^}]+)}")
-_ERRORS = {
-    "400": "Validation error",
-    "401": "Not authenticated",
-    "403": "Not permitted",
-    "404": "Not found",
-    "409": "Conflict",
-}
+SUMMARY = (
+    "The operator API: tenants' users, sites, gateways, machines, catalogs, orders and payments. "
+    "Authenticate with POST /api/v1/auth/login and send the access token as a bearer token."
+)
+# Routes that have not declared their error statuses keep this conservative list.
+_UNDECLARED_ERRORS = (400, 401, 403, 404, 409)
+
+
+def error_statuses(ep: Endpoint) -> set[int]:
+    """The statuses an endpoint answers besides its success status."""
+    if ep.errors is None:
+        statuses = set(_UNDECLARED_ERRORS)
+        if ep.public and ep.body is None:
+            statuses.discard(401)
+        return statuses
+    # Every route refuses NUL in its path and query with a 400.
+    statuses = {400, *ep.errors}
+    if not ep.public:
+        statuses.add(401)
+        if ep.permission is not None:
+            statuses.add(403)
+    if "{" in ep.path:
+        statuses.add(404)
+    return statuses
 
 
 def build_openapi(endpoints: list[Endpoint], title: str, version: str) -> dict[str, Any]:
-    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorEnvelope, "serialization")]
+    wanted: list[oa.ModelKey] = []
     for ep in endpoints:
         if ep.body is not None:
             wanted.append((ep.body, "validation"))
         if ep.response is not None:
             wanted.append((ep.response, "serialization"))
-    unique = list(dict.fromkeys(wanted))
-    refs, defs = models_json_schema(unique, ref_template=_REF)
-    error_ref = refs[(ErrorEnvelope, "serialization")]
+    refs, schemas = oa.component_schemas(wanted)
 
     paths: dict[str, dict[str, Any]] = {}
     for ep in endpoints:
@@ -38,59 +48,32 @@ def build_openapi(endpoints: list[Endpoint], title: str, version: str) -> dict[s
             "tags": [ep.tag],
             "operationId": ep.handler.__name__,
         }
-        params: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in _PATH_PARAM.findall(ep.path)
-        ]
+        params = oa.path_parameters(ep.path, printable=False)
         if ep.query is not None:
-            schema = ep.query.model_json_schema(ref_template=_REF)
-            required = set(schema.get("required", []))
-            for name, prop in schema.get("properties", {}).items():
-                params.append(
-                    {"name": name, "in": "query", "required": name in required, "schema": prop}
-                )
+            params += oa.query_parameters(ep.query)
         if params:
             op["parameters"] = params
         if ep.body is not None:
-            op["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": refs[(ep.body, "validation")]}},
-            }
+            op["requestBody"] = oa.json_body(refs[(ep.body, "validation")])
         data: dict[str, Any] = {}
         if ep.response is not None:
             ref = refs[(ep.response, "serialization")]
             data = {"type": "array", "items": ref} if ep.many else ref
-        success = {
-            "type": "object",
-            "required": ["success", "data"],
-            "properties": {"success": {"const": True}, "data": data},
+        op["responses"] = {
+            str(ep.status): oa.success_response(data),
+            **oa.error_responses(error_statuses(ep)),
         }
-        responses: dict[str, Any] = {
-            str(ep.status): {
-                "description": "Success",
-                "content": {"application/json": {"schema": success}},
-            }
-        }
-        for status, text in _ERRORS.items():
-            if status == "401" and ep.public and ep.body is None:
-                continue
-            responses[status] = {
-                "description": text,
-                "content": {"application/json": {"schema": error_ref}},
-            }
-        op["responses"] = responses
         if not ep.public:
             op["security"] = [{"bearerAuth": []}]
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
 
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": title, "version": version},
-        "paths": paths,
-        "components": {
-            "schemas": defs.get("$defs", {}),
-            "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-            },
+    return oa.document(
+        title=title,
+        version=version,
+        summary=SUMMARY,
+        paths=paths,
+        schemas=schemas,
+        security_schemes={
+            "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
         },
-    }
+    )

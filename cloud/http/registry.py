@@ -64,6 +64,9 @@ class Endpoint:
     status: int
     permission: Permission | None
     public: bool
+    # Error statuses besides those the route's shape implies (400; 401/403 unless public; 404
+    # with path parameters), e.g. (409,). None: not declared, the document lists a broad set.
+    errors: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -85,6 +88,7 @@ class Api:
         status: int = 200,
         permission: Permission | None = None,
         public: bool = False,
+        errors: tuple[int, ...] | None = None,
     ) -> Callable[[Handler], Handler]:
         def decorate(handler: Handler) -> Handler:
             self.endpoints.append(
@@ -101,6 +105,7 @@ class Api:
                     status=status,
                     permission=permission,
                     public=public,
+                    errors=errors,
                 )
             )
             return handler

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, StrictInt
 
 from cloud.models.common import Input, Output
+from contracts.numbers import WHOLE_NUMBER
 
 CodeHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Base64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]+={0,2}$")]
@@ -20,7 +21,9 @@ class ClaimCreate(Input):
     ciphertext: Annotated[Base64, Field(min_length=24, max_length=16384)]
     nonce: Annotated[Base64, Field(min_length=16, max_length=16)]  # 12 bytes
     code_hash: CodeHash
-    ttl_s: Annotated[StrictInt, Field(ge=60, le=CLAIM_TTL_MAX_S)] = CLAIM_TTL_DEFAULT_S
+    ttl_s: Annotated[StrictInt, Field(ge=60, le=CLAIM_TTL_MAX_S), WHOLE_NUMBER] = (
+        CLAIM_TTL_DEFAULT_S
+    )
 
 
 class ClaimOut(Output):

@@ -1,9 +1,12 @@
 """Shared pieces of the API models: strictness and the error envelope (for OpenAPI)."""
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
+
+from contracts.openapi import ErrorBody, ErrorEnvelope
+
+__all__ = ["MAX_SAFE_INT", "ErrorBody", "ErrorEnvelope", "Input", "Output"]
 
 # Ids, cursors and offsets: the largest integer every JSON reader keeps exactly; far below the
 # 64-bit database columns, so a huge number is a 400 rather than a database error.
@@ -26,16 +29,3 @@ class Input(BaseModel):
 
 class Output(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ErrorBody(Output):
-    code: str
-    message: str
-    details: Any = None
-    timestamp: datetime
-    requestId: str
-
-
-class ErrorEnvelope(Output):
-    success: Literal[False]
-    error: ErrorBody

@@ -6,19 +6,25 @@ from pydantic import Field, StrictBool, StrictInt
 from cloud.models.common import Input, Output
 from contracts.device_messages import SlotCode
 from contracts.money import Amount, Currency
+from contracts.numbers import WHOLE_NUMBER
+from contracts.openapi import NulFreeJsonObject
+from contracts.sync import ItemName
+from contracts.text import PRINTABLE, Ref
 
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+# The same rule as the item names a gateway syncs back (contracts.sync), so a name set here never
+# makes the cloud refuse its own orders.
+Name = ItemName
 
 
 class CatalogItemIn(Input):
     slot: SlotCode
     name: Name
-    category: Annotated[str, Field(max_length=100)] | None = None
+    category: Annotated[str, Field(max_length=100), PRINTABLE] | None = None
     price: Amount
     # None keeps the current count (new slots start empty); a number is a restock.
-    quantity: Annotated[StrictInt, Field(ge=0, le=1000)] | None = None
-    capacity: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
-    image_url: Annotated[str, Field(max_length=1000)] | None = None
+    quantity: Annotated[StrictInt, Field(ge=0, le=1000), WHOLE_NUMBER] | None = None
+    capacity: Annotated[StrictInt, Field(ge=1, le=1000), WHOLE_NUMBER] | None = None
+    image_url: Annotated[str, Field(max_length=1000), PRINTABLE] | None = None
     active: StrictBool = True
 
 
@@ -42,8 +48,8 @@ class CatalogItemOut(Output):
 
 class MachineOnboard(Input):
     name: Name
-    site_id: Annotated[str, Field(min_length=1, max_length=64)]
-    location: Annotated[str, Field(max_length=500)] | None = None
+    site_id: Ref
+    location: Annotated[str, Field(max_length=500), PRINTABLE] | None = None
     currency: Currency = "INR"
     catalog: Annotated[list[CatalogItemIn], Field(max_length=200)] = Field(default_factory=list)
 
@@ -81,7 +87,7 @@ class OnboardResult(Output):
 
 
 class MachineConfig(Input):
-    config: dict[str, Any]
+    config: NulFreeJsonObject
 
 
 class MachineConfigOut(Output):

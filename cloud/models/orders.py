@@ -1,17 +1,18 @@
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from cloud.models.common import MAX_SAFE_INT, Input, Output
+from contracts.numbers import QUERY_INTEGER
 from contracts.orders import OrderStatus
 
 
 class OrdersQuery(Input):
-    machine_id: str | None = None
+    machine_id: Annotated[str, Field(max_length=64)] | None = None
     status: OrderStatus | None = None
-    limit: Annotated[int, Field(ge=1, le=200)] = 50
-    offset: Annotated[int, Field(ge=0, le=MAX_SAFE_INT)] = 0
+    limit: Annotated[StrictInt, Field(ge=1, le=200), QUERY_INTEGER] = 50
+    offset: Annotated[StrictInt, Field(ge=0, le=MAX_SAFE_INT), QUERY_INTEGER] = 0
 
 
 class DispenseOut(Output):
@@ -59,9 +60,9 @@ class OrderDetail(OrderOut):
 
 
 class PaymentsQuery(Input):
-    order_id: str | None = None
-    limit: Annotated[int, Field(ge=1, le=200)] = 50
-    offset: Annotated[int, Field(ge=0, le=MAX_SAFE_INT)] = 0
+    order_id: Annotated[str, Field(max_length=64)] | None = None
+    limit: Annotated[StrictInt, Field(ge=1, le=200), QUERY_INTEGER] = 50
+    offset: Annotated[StrictInt, Field(ge=0, le=MAX_SAFE_INT), QUERY_INTEGER] = 0
 
 
 class PaymentOut(Output):

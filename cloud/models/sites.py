@@ -4,11 +4,12 @@ from typing import Annotated
 from pydantic import Field
 
 from cloud.models.common import Input, Output
+from contracts.text import PRINTABLE
 
 
 class SiteCreate(Input):
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    address: Annotated[str, Field(max_length=500)] | None = None
+    name: Annotated[str, Field(min_length=1, max_length=200), PRINTABLE]
+    address: Annotated[str, Field(max_length=500), PRINTABLE] | None = None
 
 
 class SiteOut(Output):

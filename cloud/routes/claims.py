@@ -27,6 +27,7 @@ TAG = "claims"
     response=ClaimOut,
     status=201,
     permission=Permission.MACHINES_WRITE,
+    errors=(409,),
 )
 async def create_claim(call: Call) -> ClaimOut:
     body = call.body(ClaimCreate)
@@ -76,6 +77,7 @@ async def create_claim(call: Call) -> ClaimOut:
     body=ClaimRedeem,
     response=ClaimBundle,
     public=True,
+    errors=(404, 410),
 )
 async def redeem_claim(call: Call) -> ClaimBundle:
     body = call.body(ClaimRedeem)

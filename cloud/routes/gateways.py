@@ -28,6 +28,7 @@ TAG = "gateways"
     response=EnrollResponse,
     status=201,
     public=True,
+    errors=(401, 409),
 )
 async def enroll(call: Call) -> EnrollResponse:
     body = call.body(EnrollRequest)
@@ -91,6 +92,7 @@ async def enroll(call: Call) -> EnrollResponse:
     response=GatewayOut,
     many=True,
     permission=Permission.GATEWAYS_READ,
+    errors=(),
 )
 async def list_gateways(call: Call) -> list[GatewayOut]:
     async with call.ctx.engine.connect() as conn:
@@ -109,6 +111,7 @@ async def list_gateways(call: Call) -> list[GatewayOut]:
     tag=TAG,
     response=GatewayOut,
     permission=Permission.GATEWAYS_REVOKE,
+    errors=(),
 )
 async def revoke_gateway(call: Call) -> GatewayOut:
     gateway_id = call.path("id")

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.auth.permissions import Permission
 from cloud.db import schema as t
+from cloud.db import sealed
 from cloud.db.machines import catalogs, check_unique_slots, get_machine, replace_catalog
 from cloud.db.rows import row_dict
 from cloud.db.times import as_utc, utcnow
@@ -92,7 +93,7 @@ async def onboard(call: Call) -> OnboardResult:
                 status="active",
                 currency=body.currency,
                 mqtt_secret_hash=hash_secret(mqtt_password),
-                command_key=command_key,
+                command_key=sealed.seal_command_key(conn, machine_id, command_key),
                 config={},
                 version=0,
                 created_at=now,
@@ -311,7 +312,10 @@ async def provision_device(call: Call) -> DeviceCredentials:
         await conn.execute(
             t.machines.update()
             .where(t.machines.c.id == row.id)
-            .values(mqtt_secret_hash=hash_secret(mqtt_password), command_key=command_key)
+            .values(
+                mqtt_secret_hash=hash_secret(mqtt_password),
+                command_key=sealed.seal_command_key(conn, row.id, command_key),
+            )
         )
         woken = await bump_machine(conn, row.id)
     call.ctx.hub.wake(woken)

@@ -4,6 +4,7 @@ import sqlalchemy as sa
 
 from cloud.auth.permissions import Permission
 from cloud.db import schema as t
+from cloud.db import sealed
 from cloud.db.rows import row_dict
 from cloud.errors import NotFound
 from cloud.http.registry import Api, Call
@@ -42,7 +43,10 @@ async def list_orders(call: Call) -> list[OrderOut]:
         query.order_by(t.orders.c.created_at.desc(), t.orders.c.id).limit(q.limit).offset(q.offset)
     )
     async with call.ctx.engine.connect() as conn:
-        return [OrderOut.model_validate(row_dict(r)) for r in await conn.execute(query)]
+        return [
+            OrderOut.model_validate(sealed.open_order_row(conn, row_dict(r)))
+            for r in await conn.execute(query)
+        ]
 
 
 @api.route(
@@ -88,7 +92,7 @@ async def get_order(call: Call) -> OrderDetail:
             {"cmd_id": d.cmd_id, "result": d.result, "reason": d.reason, "device_ts": d.device_ts}
         )
     return OrderDetail.model_validate(
-        row_dict(order)
+        sealed.open_order_row(conn, row_dict(order))
         | {
             "items": [
                 {k: v for k, v in row_dict(i).items() if k != "order_id"}

@@ -39,6 +39,7 @@ async def get_site(conn: AsyncConnection, tenant_id: str, site_id: str) -> sa.Ro
     response=SiteOut,
     status=201,
     permission=Permission.SITES_WRITE,
+    errors=(409,),
 )
 async def create_site(call: Call) -> SiteOut:
     body = call.body(SiteCreate)
@@ -72,6 +73,7 @@ async def create_site(call: Call) -> SiteOut:
     response=SiteOut,
     many=True,
     permission=Permission.SITES_READ,
+    errors=(),
 )
 async def list_sites(call: Call) -> list[SiteOut]:
     async with call.ctx.engine.connect() as conn:
@@ -90,6 +92,7 @@ async def list_sites(call: Call) -> list[SiteOut]:
     tag=TAG,
     response=SiteOut,
     permission=Permission.SITES_READ,
+    errors=(),
 )
 async def get_one_site(call: Call) -> SiteOut:
     async with call.ctx.engine.connect() as conn:
@@ -105,6 +108,7 @@ async def get_one_site(call: Call) -> SiteOut:
     response=EnrollmentTokenOut,
     status=201,
     permission=Permission.GATEWAYS_ENROLL,
+    errors=(),
 )
 async def create_enrollment_token(call: Call) -> EnrollmentTokenOut:
     tenant_id = call.principal.tenant_id

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.db import schema as t
+from cloud.db import sealed
 from cloud.db.times import utcnow
 from cloud.errors import Conflict, EventIdConflict, ValidationFailed
 from cloud.sync.identity import Gateway
@@ -94,7 +95,7 @@ async def _apply_order(conn: AsyncConnection, gateway: Gateway, order: OrderSnap
         "currency": order.currency,
         "payment_id": order.payment_id,
         "customer_name": order.customer_name,
-        "customer_phone": order.customer_phone,
+        "customer_phone": sealed.seal_phone(conn, order.id, order.customer_phone),
         "version": order.version,
         "created_at": order.created_at,
         "updated_at": order.updated_at,
@@ -249,7 +250,7 @@ async def _store(conn: AsyncConnection, gateway: Gateway, events: list[_Parsed])
                 seq=event.seq,
                 type=event.type,
                 occurred_at=event.occurred_at,
-                payload=event.payload,
+                payload=sealed.seal_event_payload(conn, event.event_id, event.payload),
                 received_at=now,
             )
         )

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from cloud.db import schema as t
+from cloud.db import sealed
 from cloud.db.machines import catalogs
 from cloud.db.times import as_utc, utcnow
 from cloud.errors import Conflict
@@ -79,7 +80,7 @@ async def pull_state(call: Call) -> StateResponse:
             location=r.location,
             status=r.status,
             mqtt_secret_hash=r.mqtt_secret_hash,
-            command_key=r.command_key,
+            command_key=sealed.open_command_key(call.ctx.engine, r.id, r.command_key),
             currency=r.currency,
             config=r.config or {},
             catalog=[

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from contracts.text import is_printable
 from edge.errors import (
     CatalogItemNotFound,
     GatewayError,
@@ -38,6 +39,19 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def path_param(request: web.Request, name: str) -> str:
+    """A path parameter, held to the printable-text rule the sync contract applies to ids."""
+    value = request.match_info[name]
+    if not is_printable(value):
+        raise ApiError(
+            400,
+            "validation_error",
+            "request validation failed",
+            [{"loc": ["path", name], "msg": "must be printable text", "type": "value_error"}],
+        )
+    return value
 
 
 def ok(data: Any, status: int = 200) -> web.Response:
@@ -107,6 +121,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         response = _envelope(request_id, _translate(exc))
+        if "Allow" in exc.headers:
+            # A 405 names the methods the path supports (RFC 9110), envelope or not.
+            response.headers["Allow"] = exc.headers["Allow"]
     except Exception as exc:
         error = _translate(exc)
         if error.status >= 500:

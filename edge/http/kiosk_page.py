@@ -9,7 +9,7 @@ import segno
 from aiohttp import web
 
 from edge.http import keys
-from edge.http.envelope import ApiError
+from edge.http.envelope import ApiError, path_param
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 KIOSK_PATH = "/kiosk"
@@ -41,7 +41,7 @@ async def kiosk_page(request: web.Request) -> web.FileResponse:
 
 
 async def payment_qr(request: web.Request) -> web.Response:
-    order = await request.app[keys.STORE].get_order(request.match_info["order_id"])
+    order = await request.app[keys.STORE].get_order(path_param(request, "order_id"))
     payload = order.payment.qr_payload if order.payment else None
     if not payload:
         raise ApiError(404, "no_qr_payload", "this order has no payment QR code")
@@ -57,7 +57,6 @@ async def payment_qr(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
+    """The redirect and the static files; the page and the QR code are in routes.ROUTES."""
     app.router.add_get("/", kiosk_root)
-    app.router.add_get(KIOSK_PATH, kiosk_page)
-    app.router.add_get(f"{KIOSK_PATH}/orders/{{order_id}}/qr.svg", payment_qr)
     app.router.add_static(STATIC_PREFIX, STATIC_DIR, follow_symlinks=False)

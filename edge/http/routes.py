@@ -1,4 +1,7 @@
-"""Kiosk API routes (``/api/v1``), ``/health`` and ``/metrics`` (page: ``kiosk_page``)."""
+"""Kiosk API routes (``/api/v1``), ``/health`` and ``/metrics`` (page: ``kiosk_page``).
+
+``ROUTES`` is the one table of them: ``setup`` registers it and ``GET /api/v1/openapi.json``
+describes it (``edge.http.openapi``), with the models the handlers validate and answer with."""
 
 import asyncio
 import json
@@ -10,12 +13,24 @@ from pydantic import ValidationError
 
 from contracts.orders import TERMINAL_ORDER_STATUSES
 from edge.http import keys, kiosk_page
-from edge.http.envelope import ApiError, ok
-from edge.http.schemas import IDEMPOTENCY_KEY_PATTERN, CreateOrderRequest
+from edge.http.envelope import ApiError, ok, path_param
+from edge.http.openapi import KioskRoute, build_kiosk_openapi
+from edge.http.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    CreateOrderRequest,
+    HealthReport,
+    PublicOrder,
+)
+from edge.store.views import CatalogItemView, MachineView, OrderView
 
 API = "/api/v1"
 SSE_KEEPALIVE_S = 15.0
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
+
+
+def _order_json(order: OrderView) -> dict[str, Any]:
+    return PublicOrder.model_validate(order).model_dump(mode="json")
 
 
 async def list_machines(request: web.Request) -> web.Response:
@@ -25,7 +40,7 @@ async def list_machines(request: web.Request) -> web.Response:
 
 async def machine_catalog(request: web.Request) -> web.Response:
     store = request.app[keys.STORE]
-    machine_id = request.match_info["machine_id"]
+    machine_id = path_param(request, "machine_id")
     if not await store.machine_exists(machine_id):
         raise ApiError(404, "machine_not_found", f"no active machine {machine_id!r}")
     items = await store.catalog(machine_id)
@@ -62,24 +77,24 @@ async def create_order(request: web.Request) -> web.Response:
         ) from exc
     engine = request.app[keys.ENGINE]
     order, created = await engine.create_order(parsed.to_new_order(), key, parsed.fingerprint())
-    return ok(order.public(), status=201 if created else 200)
+    return ok(_order_json(order), status=201 if created else 200)
 
 
 async def get_order(request: web.Request) -> web.Response:
-    order = await request.app[keys.STORE].get_order(request.match_info["order_id"])
-    return ok(order.public())
+    order = await request.app[keys.STORE].get_order(path_param(request, "order_id"))
+    return ok(_order_json(order))
 
 
 async def cancel_order(request: web.Request) -> web.Response:
-    order = await request.app[keys.ENGINE].cancel(request.match_info["order_id"])
-    return ok(order.public())
+    order = await request.app[keys.ENGINE].cancel(path_param(request, "order_id"))
+    return ok(_order_json(order))
 
 
 async def order_events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: the full order on connect and after every change; ends once the
     order is in a terminal state."""
     store = request.app[keys.STORE]
-    order_id = request.match_info["order_id"]
+    order_id = path_param(request, "order_id")
     order = await store.get_order(order_id)  # 404 before the stream starts
     response = web.StreamResponse(
         headers={
@@ -99,7 +114,7 @@ async def order_events(request: web.Request) -> web.StreamResponse:
             seen = store.changes.order_seq(order_id)
             order = await store.get_order(order_id)
             if order.version != sent_version:
-                data = json.dumps(order.public(), separators=(",", ":"))
+                data = json.dumps(_order_json(order), separators=(",", ":"))
                 await response.write(
                     f"event: order\nid: {order.version}\ndata: {data}\n\n".encode()
                 )
@@ -126,6 +141,10 @@ async def health(request: web.Request) -> web.Response:
     return ok(await request.app[keys.HEALTH]())
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[keys.METRICS]
     report = await request.app[keys.HEALTH]()
@@ -136,15 +155,52 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=registry.render(), content_type="text/plain", charset="utf-8")
 
 
+_ORDERS = "orders"
+_SITE = "site"
+# 503: the store cannot be read or written (disk full, database error).
+ROUTES: list[KioskRoute] = [
+    KioskRoute("GET", f"{API}/machines", list_machines, "Active machines at this site", _SITE,
+               response=MachineView, many=True, errors=(503,)),
+    KioskRoute("GET", f"{API}/machines/{{machine_id}}/catalog", machine_catalog,
+               "A machine's catalog: slot, name, price, quantity available, category, image",
+               _SITE, response=CatalogItemView, many=True, errors=(503,)),
+    KioskRoute("POST", f"{API}/orders", create_order,
+               "Create an order (201; 200 when an Idempotency-Key replays an earlier one)",
+               _ORDERS, body=CreateOrderRequest, response=PublicOrder, statuses=(201, 200),
+               # 400 also for an item this machine does not sell (unknown_item); 404 unknown
+               # machine; 409 stock, machine busy, Idempotency-Key reuse; 413 body over 64 KiB;
+               # 503 no payment provider or store.
+               errors=(400, 404, 409, 413, 503), idempotency_key=True),
+    KioskRoute("GET", f"{API}/orders/{{order_id}}", get_order, "An order and its items",
+               _ORDERS, response=PublicOrder, errors=(503,)),
+    KioskRoute("GET", f"{API}/orders/{{order_id}}/events", order_events,
+               "Server-Sent Events: `event: order` with the order's JSON on connect and after "
+               "every change, until the order is terminal", _ORDERS,
+               media_type="text/event-stream", media_schema={"type": "string"}, errors=(503,)),
+    KioskRoute("POST", f"{API}/orders/{{order_id}}/cancel", cancel_order,
+               "Cancel an order that is not yet paid", _ORDERS, response=PublicOrder,
+               errors=(409, 503)),
+    KioskRoute("GET", f"{API}/openapi.json", openapi, "This document", "meta",
+               media_type="application/json", media_schema={"type": "object"}),
+    KioskRoute("GET", "/health", health,
+               "Gateway health: status ok or degraded, with the store, broker, cloud link and "
+               "devices", "meta", response=HealthReport),
+    KioskRoute("GET", "/metrics", metrics, "Prometheus metrics", "meta",
+               media_type="text/plain", media_schema={"type": "string"}),
+    KioskRoute("GET", kiosk_page.KIOSK_PATH, kiosk_page.kiosk_page, "The kiosk page", "page",
+               media_type="text/html", media_schema={"type": "string"}),
+    KioskRoute("GET", f"{kiosk_page.KIOSK_PATH}/orders/{{order_id}}/qr.svg",
+               kiosk_page.payment_qr, "The UPI QR code of a sandbox order's payment", "page",
+               media_type="image/svg+xml", media_schema={"type": "string"},
+               # 502: the provider's QR payload is too long to draw.
+               errors=(502, 503)),
+]  # fmt: skip
+
+
 def setup(app: web.Application) -> None:
-    app.router.add_get(f"{API}/machines", list_machines)
-    app.router.add_get(f"{API}/machines/{{machine_id}}/catalog", machine_catalog)
-    app.router.add_post(f"{API}/orders", create_order)
-    app.router.add_get(f"{API}/orders/{{order_id}}", get_order)
-    app.router.add_get(f"{API}/orders/{{order_id}}/events", order_events)
-    app.router.add_post(f"{API}/orders/{{order_id}}/cancel", cancel_order)
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    app[OPENAPI] = build_kiosk_openapi(ROUTES)
     kiosk_page.setup(app)
     app[keys.STREAMS] = set()
     app.on_shutdown.append(_end_streams)

@@ -1,12 +1,18 @@
-"""Request bodies of the kiosk API, validated with pydantic (400 with pydantic's errors)."""
+"""Request bodies of the kiosk API, validated with pydantic (400 with pydantic's errors).
+
+Every field that ends up in a sync event uses the type the sync contract (``contracts.sync``)
+validates it with, so an order the cloud would refuse is refused here, before it is stored."""
 
 import hashlib
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from contracts.orders import PaymentMethod
-from edge.store.views import NewOrder, NewOrderLine
+from contracts.orders import OrderStatus, PaymentMethod
+from contracts.sync import LineQuantity, OrderItemSnapshot
+from contracts.text import PersonName, PhoneNumber, Ref
+from edge.store.views import NewOrder, NewOrderLine, PaymentView
 
 MAX_LINES = 20
 
@@ -14,18 +20,26 @@ MAX_LINES = 20
 class OrderLineIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: Annotated[str, Field(min_length=1, max_length=64)]
-    quantity: Annotated[StrictInt, Field(ge=1, le=10)]
+    id: Ref
+    quantity: LineQuantity
 
 
 class CreateOrderRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    machine_id: Annotated[str, Field(min_length=1, max_length=64)]
-    items: Annotated[list[OrderLineIn], Field(min_length=1, max_length=MAX_LINES)]
+    machine_id: Ref
+    items: Annotated[
+        list[OrderLineIn],
+        Field(
+            min_length=1,
+            max_length=MAX_LINES,
+            description="One line per item id (an id twice is a 400); only items the machine "
+            "sells (another is a 400 unknown_item)",
+        ),
+    ]
     payment_method: PaymentMethod
-    customer_name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
-    customer_phone: Annotated[str, Field(pattern=r"^\+[1-9]\d{7,14}$")] | None = None
+    customer_name: PersonName | None = None
+    customer_phone: PhoneNumber | None = None
 
     @field_validator("items")
     @classmethod
@@ -52,3 +66,30 @@ class CreateOrderRequest(BaseModel):
 
 
 IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{8,128}$"
+
+
+class PublicOrder(BaseModel):
+    """An order as the kiosk API shows it: customer details are never echoed back."""
+
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+    id: str
+    machine_id: str
+    status: OrderStatus
+    payment_method: PaymentMethod
+    total_amount: int
+    paid_amount: int
+    currency: str
+    payment: PaymentView | None
+    items: list[OrderItemSnapshot]
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class HealthReport(BaseModel):
+    """``/health``: ``status`` is ``ok`` or ``degraded``; the parts' details follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok", "degraded"]

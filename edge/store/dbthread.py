@@ -32,6 +32,8 @@ def open_database(path: Path) -> sqlite_utils.Database:
     # FULL keeps a committed money event even across a power cut (WAL alone would allow losing
     # the last transactions with synchronous=NORMAL).
     conn.execute("PRAGMA synchronous = FULL")
+    # Sealing a value that was in plaintext (m005, rekey) must not leave it in a freed cell.
+    conn.execute("PRAGMA secure_delete = ON")
     return sqlite_utils.Database(conn, execute_plugins=False)
 
 

@@ -26,6 +26,8 @@ PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CHEAP_PASSWORDS = Passwords(time_cost=1, memory_cost=8, parallelism=1)
 PASSWORD = "correct horse battery"
 JWT_SECRET = "test-secret-" + "x" * 40
+# Fixed like the JWT secret: the Postgres database is shared by every test of the session.
+MASTER_KEYS = "test:" + "ab" * 32
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +61,7 @@ def settings(db_url: str, tmp_path: Path) -> CloudSettings:
         http_port=0,
         sync_port=0,
         jwt_secret=JWT_SECRET,
+        master_keys=MASTER_KEYS,
         password_hash_time_cost=1,
         password_hash_memory_cost=8,
         password_hash_parallelism=1,

@@ -1,0 +1,181 @@
+"""A cloud and an enrolled gateway on loopback for the secrets-at-rest tests, on SQLite or on a
+fresh PostgreSQL database, with the raw bytes of each database at hand."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from polling import wait_for
+
+from cloud.server import CloudServer
+from cloud.settings import CloudSettings
+from edge.app import Gateway
+from edge.settings import GatewaySettings
+from provisioning.cloud_api import CloudApi
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+ADMIN_EMAIL = "admin@secrets.example"
+ADMIN_PASSWORD = "secrets admin password"
+PHONE = "+919876501234"
+CATALOG = [{"slot": "A1", "name": "Water", "category": "drinks", "price": 2000, "quantity": 5}]
+
+
+@dataclass
+class Database:
+    url: str
+    sqlite_path: Path | None
+    pg_dsn: str | None
+
+    async def raw_text(self) -> str:
+        """Everything the database holds, as an attacker with a copy of it would read it: the
+        SQLite files' bytes, or every text column of every Postgres table."""
+        if self.sqlite_path is not None:
+            files = sorted(self.sqlite_path.parent.glob(self.sqlite_path.name + "*"))
+            return b"".join(p.read_bytes() for p in files).decode("latin-1")
+        assert self.pg_dsn is not None
+        conn = await asyncpg.connect(self.pg_dsn)
+        try:
+            tables = [
+                r["tablename"]
+                for r in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname='public'"
+                )
+            ]
+            parts = []
+            for table in tables:
+                for row in await conn.fetch(f'SELECT t::text AS row FROM "{table}" t'):
+                    parts.append(row["row"])
+            return "\n".join(parts)
+        finally:
+            await conn.close()
+
+
+def _pg_admin(sql: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        path = tmp_path / "cloud.db"
+        yield Database(f"sqlite+aiosqlite:///{path}", path, None)
+        return
+    name = f"vending_sec_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield Database(
+            f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
+            None,
+            f"postgresql://postgres@127.0.0.1:5432/{name}",
+        )
+    finally:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def cloud_settings(root: Path, database: Database, master_keys: str | None) -> CloudSettings:
+    return CloudSettings(
+        database_url=database.url,
+        data_dir=root / "cloud-data",
+        http_port=0,
+        sync_port=0,
+        jwt_secret="secrets-test-" + "x" * 40,
+        master_keys=master_keys,
+        password_hash_time_cost=1,
+        password_hash_memory_cost=8,
+        password_hash_parallelism=1,
+        sandbox_approve_delay_s=0.3,
+        worker_poll_interval_s=0.2,
+        channel_poll_interval_s=0.2,
+    )
+
+
+@dataclass
+class SecretsSite:
+    cloud: CloudServer
+    admin: CloudApi
+    gateway: Gateway
+    gateway_dir: Path
+    machine_id: str
+    credentials: dict[str, Any]
+    catalog_item: str
+
+    async def kiosk_order_with_phone(self) -> str:
+        body = {
+            "machine_id": self.machine_id,
+            "items": [{"id": self.catalog_item, "quantity": 1}],
+            "payment_method": "cash",
+            "customer_name": "Asha",
+            "customer_phone": PHONE,
+        }
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.gateway.http_url}/api/v1/orders", json=body) as resp:
+                payload = await resp.json()
+                assert resp.status == 201, payload
+                return str(payload["data"]["id"])
+
+    async def synced(self, order_id: str) -> dict[str, Any]:
+        async def arrived() -> bool:
+            return any(o["id"] == order_id for o in await self.admin.orders(limit=100))
+
+        await wait_for(arrived, within=30)
+        return await self.admin.order(order_id)
+
+
+@asynccontextmanager
+async def secrets_site(
+    root: Path, database: Database, master_keys: str | None = None
+) -> AsyncIterator[SecretsSite]:
+    """Cloud, tenant, site, one onboarded machine and an enrolled gateway that has pulled it."""
+    async with CloudServer(cloud_settings(root, database, master_keys)) as cloud:
+        await cloud.create_tenant("Secrets", ADMIN_EMAIL, ADMIN_PASSWORD)
+        async with CloudApi(cloud.api_url) as admin:
+            await admin.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+            site = await admin.create_site("Secrets site")
+            result = await admin.onboard_machine(
+                name="M1", site_id=site["id"], location=None, catalog=CATALOG
+            )
+            machine_id = result["machine"]["id"]
+            token = await admin.enrollment_token(site["id"])
+            gateway_dir = root / "gateway"
+            settings = GatewaySettings(
+                data_dir=gateway_dir,
+                http_port=0,
+                mqtt_port=0,
+                zeroconf_enabled=False,
+                cloud_url=cloud.api_url,
+                enroll_token=token,
+                sync_pull_interval_s=0.5,
+                sync_backoff_max_s=1.0,
+            )
+            async with Gateway(settings) as gateway:
+
+                async def pulled() -> bool:
+                    rows = await gateway.store.query(
+                        "SELECT id FROM machines WHERE id = ?", [machine_id]
+                    )
+                    return bool(rows)
+
+                await wait_for(pulled, within=30)
+                yield SecretsSite(
+                    cloud,
+                    admin,
+                    gateway,
+                    gateway_dir,
+                    machine_id,
+                    result["credentials"],
+                    result["machine"]["catalog"][0]["id"],
+                )
