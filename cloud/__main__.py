@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from cloud.auth import keys
 from cloud.auth.passwords import Passwords
 from cloud.bootstrap import create_tenant_with_admin
 from cloud.db import sealed
@@ -79,6 +80,17 @@ async def _create_tenant(settings: CloudSettings, args: argparse.Namespace) -> N
     print(tenant_id)
 
 
+def _rotate_jwt_key(settings: CloudSettings, args: argparse.Namespace) -> None:
+    # Prints key ids only: the secrets stay in the key file (0600).
+    if args.prune:
+        dropped = keys.prune(settings)
+        print(f"dropped {', '.join(dropped) or 'nothing'}")
+        return
+    kid = keys.rotate(settings, stage=args.stage)
+    state = "staged (verifies only)" if args.stage else "active (signing)"
+    print(f"{kid} {state} in {settings.resolve_jwt_keys_file()}")
+
+
 async def _rekey(settings: CloudSettings) -> None:
     """Re-seal command keys and phone numbers under the active master key (key ids only are
     printed, never a key)."""
@@ -118,6 +130,18 @@ def _parser() -> argparse.ArgumentParser:
         "rekey",
         help="re-seal device keys and phone numbers under the first (active) master key",
     )
+    rotate = sub.add_parser(
+        "rotate-jwt-key",
+        help="add a JWT signing key and sign with it; older keys verify until their tokens expire",
+    )
+    rotate.add_argument(
+        "--stage",
+        action="store_true",
+        help="add the key for verifying only; the next rotate-jwt-key starts signing with it",
+    )
+    rotate.add_argument(
+        "--prune", action="store_true", help="only drop retired keys whose tokens have expired"
+    )
     return parser
 
 
@@ -136,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_migrate(settings))
         elif args.command == "rekey":
             asyncio.run(_rekey(settings))
+        elif args.command == "rotate-jwt-key":
+            _rotate_jwt_key(settings, args)
         else:
             asyncio.run(_create_tenant(settings, args))
     except CloudError as exc:

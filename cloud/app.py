@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloud.auth.keys import KeySource
 from cloud.auth.passwords import Passwords
 from cloud.auth.tokens import AccessTokens
 from cloud.context import CHANNELS, CONTEXT, SETTINGS, CloudContext
@@ -58,7 +59,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             settings=settings,
             engine=keyed,
             passwords=Passwords.from_settings(settings),
-            access_tokens=AccessTokens(settings.resolve_jwt_secret(), settings.access_token_ttl_s),
+            access_tokens=AccessTokens(KeySource(settings), settings.access_token_ttl_s),
             ca=await asyncio.to_thread(CertificateAuthority.load_or_create, settings.data_dir),
             hub=ChannelHub(),
             payments=SandboxProvider(settings.sandbox_approve_delay_s, settings.payment_expiry_s),
@@ -67,6 +68,8 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         )
         yield
     finally:
+        if CONTEXT in app:
+            app[CONTEXT].passwords.close()
         await engine.dispose()
 
 

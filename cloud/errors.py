@@ -11,6 +11,8 @@ class CloudError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        # Extra response headers (``Retry-After`` on 429 and 503).
+        self.headers: dict[str, str] = {}
 
 
 class ValidationFailed(CloudError):
@@ -48,6 +50,28 @@ class EventIdConflict(Conflict):
     """A pushed event, credit or command id is already stored for another gateway or machine."""
 
     code = "event_id_conflict"
+
+
+class TooManyRequests(CloudError):
+    """Login throttling: wait ``retry_after_s`` seconds before trying again."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, details={"retry_after_s": retry_after_s})
+        self.headers["Retry-After"] = str(retry_after_s)
+
+
+class ServiceBusy(CloudError):
+    """Every password-hashing slot stayed busy for the whole wait."""
+
+    status = 503
+    code = "busy"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, details={"retry_after_s": retry_after_s})
+        self.headers["Retry-After"] = str(retry_after_s)
 
 
 class IntegrationFailed(CloudError):

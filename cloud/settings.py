@@ -32,6 +32,9 @@ class CloudSettings(BaseSettings):
     server_hostnames: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"])
 
     jwt_secret: SecretStr | None = None
+    # Rotating signing keys (``vending-cloud rotate-jwt-key``); defaults to DATA_DIR/jwt_keys.json.
+    # Once the file exists it is the key source; ``jwt_secret`` only verifies until it retires.
+    jwt_keys_file: Path | None = None
     access_token_ttl_s: int = Field(default=900, gt=0)
     refresh_token_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
     enrollment_token_ttl_s: int = Field(default=3600, gt=0)
@@ -41,6 +44,26 @@ class CloudSettings(BaseSettings):
     password_hash_time_cost: int = Field(default=3, ge=1)
     password_hash_memory_cost: int = Field(default=65536, ge=8)  # KiB
     password_hash_parallelism: int = Field(default=4, ge=1)
+    # At most this many hashes run at once (threads off the event loop); a caller waits for a
+    # slot at most ``password_hash_wait_s`` and then gets 503, so a guessing burst cannot
+    # starve everyone else.
+    password_hash_concurrency: int = Field(default=2, ge=1)
+    password_hash_wait_s: float = Field(default=10.0, gt=0)
+
+    # Login throttling (docs/cloud-api.md "Login throttling"). After ``*_free_failures`` a key
+    # is locked for base * 2^(extra failures) seconds, capped; failures older than the window
+    # are forgotten. The account-wide lock is short so nobody can lock the real user out.
+    login_failure_window_s: int = Field(default=900, gt=0)
+    login_lockout_base_s: float = Field(default=1.0, gt=0)
+    login_pair_free_failures: int = Field(default=5, ge=1)
+    login_pair_lockout_max_s: int = Field(default=900, gt=0)
+    login_address_free_failures: int = Field(default=20, ge=1)
+    login_address_lockout_max_s: int = Field(default=900, gt=0)
+    login_account_free_failures: int = Field(default=10, ge=1)
+    login_account_lockout_max_s: int = Field(default=30, gt=0)
+    # A successful login from an address within this many days exempts it from the
+    # account-wide lock.
+    login_trusted_address_days: int = Field(default=30, ge=0)
 
     sandbox_approve_delay_s: float = Field(default=1.0, ge=0)
     payment_expiry_s: int = Field(default=900, gt=0)
@@ -82,6 +105,9 @@ class CloudSettings(BaseSettings):
         if path is None:
             return cls()
         return cls(_env_file=path)  # type: ignore[call-arg]
+
+    def resolve_jwt_keys_file(self) -> Path:
+        return self.jwt_keys_file or self.data_dir / "jwt_keys.json"
 
     def resolve_jwt_secret(self) -> str:
         """The configured secret, or one generated once and kept in ``data_dir``."""

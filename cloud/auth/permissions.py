@@ -21,6 +21,8 @@ class Permission(StrEnum):
     MACHINES_WRITE = "machines:write"
     ORDERS_READ = "orders:read"
     PAYMENTS_READ = "payments:read"
+    # The login audit holds e-mails and client addresses: admins only.
+    LOGINS_AUDIT = "audit:logins"
 
 
 _READ = frozenset(p for p in Permission if p.value.endswith(":read"))

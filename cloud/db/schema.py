@@ -35,11 +35,19 @@ users = sa.Table(
     metadata,
     sa.Column("id", Id, primary_key=True),
     sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False, index=True),
-    sa.Column("email", sa.String(320), nullable=False, unique=True),
+    # Unique per tenant, not globally: a global constraint told another tenant's admin which
+    # addresses exist (409 on create). Login finds the account by e-mail and password.
+    sa.Column("email", sa.String(320), nullable=False, index=True),
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("active", sa.Boolean, nullable=False),
     sa.Column("created_at", Ts, nullable=False),
+    # Bumped when every access token of the user must die (disable, delete, password reset).
+    sa.Column("token_version", sa.Integer, nullable=False, server_default="0"),
+    # Set by an admin password reset: the temporary password only opens change-password.
+    sa.Column("must_change_password", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("password_expires_at", Ts, nullable=True),
+    sa.UniqueConstraint("tenant_id", "email", name="uq_users_tenant_email"),
 )
 
 refresh_tokens = sa.Table(
@@ -53,6 +61,45 @@ refresh_tokens = sa.Table(
     sa.Column("revoked_at", Ts, nullable=True),
     sa.Column("replaced_by", Id, nullable=True),
     sa.Column("created_at", Ts, nullable=False),
+)
+
+# One row per login session (a refresh-token family). Access tokens carry its id, and every
+# authenticated request checks it: logout or a password change ends the access token too.
+user_sessions = sa.Table(
+    "user_sessions",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("user_id", Id, sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("revoked_at", Ts, nullable=True),
+)
+
+# Login throttling state, shared by every API process: one row per key (account+address,
+# address, account).
+login_throttle = sa.Table(
+    "login_throttle",
+    metadata,
+    sa.Column("key", sa.String(400), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("window_started_at", Ts, nullable=False),
+    sa.Column("locked_until", Ts, nullable=True),
+    sa.Column("updated_at", Ts, nullable=False, index=True),
+)
+
+# Every login attempt, successful or not (never the password).
+login_audit = sa.Table(
+    "login_audit",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("tenant_id", Id, nullable=True),
+    sa.Column("user_id", Id, nullable=True),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("client_address", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Index("ix_login_audit_tenant_created", "tenant_id", "created_at"),
+    sa.Index("ix_login_audit_email_address", "email", "client_address", "outcome"),
 )
 
 sites = sa.Table(

@@ -20,6 +20,7 @@ _HTTP_CODES = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    429: "too_many_requests",
 }
 
 
@@ -32,6 +33,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         if exc.status >= 500:
             log.error("request %s failed: %s", rid, exc.message)
         response = error(request, exc.status, exc.code, exc.message, exc.details)
+        response.headers.update(exc.headers)
     except DataError:
         # Input the validators let through but the database refuses (a backstop: NUL, range).
         log.warning("request %s: database refused a value", rid)

@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from cloud.auth.permissions import Permission
+from cloud.auth.sessions import authenticate
 from cloud.auth.tokens import Principal
 from cloud.context import CONTEXT, CloudContext
 from cloud.errors import Forbidden, Unauthorized, ValidationFailed
@@ -124,7 +125,7 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
         _refuse_nul(list(request.match_info.values()), "path")
         _refuse_nul(list(request.query.items()), "query")
         if not endpoint.public:
-            call.principal_or_none = authenticate(request, ctx)
+            call.principal_or_none = await authenticate(request, ctx)
             if endpoint.permission and endpoint.permission not in call.principal.permissions:
                 raise Forbidden(f"role {call.principal.role} may not {endpoint.permission}")
         if endpoint.query is not None:
@@ -137,14 +138,6 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
         return ok(_dump(result), status=endpoint.status)
 
     return handle
-
-
-def authenticate(request: web.Request, ctx: CloudContext) -> Principal:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing bearer token")
-    return ctx.access_tokens.verify(token.strip())
 
 
 def _dump(result: Result) -> Any:

@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, StrictBool, model_validator
 
 from cloud.auth.permissions import Role
 from cloud.models.common import Input, Output
@@ -13,6 +13,29 @@ class UserCreate(Input):
     role: Role
 
 
+class UserUpdate(Input):
+    # The document states "role, active or both" too (see _something), so a client can tell.
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["role"], "properties": {"role": {"not": {"type": "null"}}}},
+                {"required": ["active"], "properties": {"active": {"not": {"type": "null"}}}},
+            ]
+        },
+    )
+
+    role: Role | None = None
+    active: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> "UserUpdate":
+        if self.role is None and self.active is None:
+            raise ValueError("give role, active or both")
+        return self
+
+
 class UserOut(Output):
     id: str
     email: str
@@ -20,3 +43,16 @@ class UserOut(Output):
     tenant_id: str
     active: bool
     created_at: datetime
+
+
+class UserDeleted(Output):
+    id: str
+    deleted: bool
+
+
+class PasswordReset(Output):
+    """Shown once: hand it to the user out of band. It opens only change-password."""
+
+    user_id: str
+    temporary_password: str
+    expires_at: datetime

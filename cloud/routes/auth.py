@@ -1,25 +1,53 @@
-"""Login, refresh-token rotation (with reuse detection), logout and the caller's profile."""
+"""Login (throttled and audited), refresh-token rotation (with reuse detection), logout, password
+change and the caller's profile."""
 
+import asyncio
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.auth.permissions import Role, permissions_for
+from cloud.auth.sessions import end_sessions, open_session
+from cloud.auth.throttle import Throttle, record_login
 from cloud.auth.tokens import new_opaque_token, token_digest
 from cloud.db import schema as t
 from cloud.db.times import as_utc, utcnow
-from cloud.errors import NotFound, Unauthorized
+from cloud.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    ValidationFailed,
+)
 from cloud.http.registry import Api, Call
-from cloud.models.auth import LoginRequest, LogoutResult, Profile, RefreshRequest, TokenPair
+from cloud.models.auth import (
+    ChangePasswordRequest,
+    LoginRequest,
+    LogoutResult,
+    PasswordChanged,
+    Profile,
+    RefreshRequest,
+    TokenPair,
+)
 
 api = Api("/api/v1/auth")
 TAG = "auth"
+# One e-mail may have an account in several tenants; a login checks the password against each.
+_MAX_ACCOUNTS_PER_EMAIL = 10
+
+
+def client_address(request: web.Request) -> str:
+    # The peer address. Behind a reverse proxy, configure it to pass the client's own address
+    # (e.g. the PROXY protocol); X-Forwarded-For is not trusted, since anyone can send it.
+    return request.remote or "unknown"
 
 
 async def _issue_pair(
-    call: Call, conn: AsyncConnection, user: sa.Row, family_id: str
+    call: Call, conn: AsyncConnection, user: sa.Row, session_id: str
 ) -> tuple[TokenPair, str]:
     refresh = new_opaque_token()
     token_id = str(uuid.uuid4())
@@ -28,45 +56,121 @@ async def _issue_pair(
         t.refresh_tokens.insert().values(
             id=token_id,
             user_id=user.id,
-            family_id=family_id,
+            family_id=session_id,
             token_hash=token_digest(refresh),
             expires_at=now + timedelta(seconds=call.ctx.settings.refresh_token_ttl_s),
             created_at=now,
         )
     )
-    access = call.ctx.access_tokens.issue(user.id, user.tenant_id, Role(user.role))
+    access = call.ctx.access_tokens.issue(
+        user.id, user.tenant_id, Role(user.role), session_id, user.token_version
+    )
     pair = TokenPair(
-        access_token=access, refresh_token=refresh, expires_in=call.ctx.access_tokens.ttl_s
+        access_token=access,
+        refresh_token=refresh,
+        expires_in=call.ctx.access_tokens.ttl_s,
+        password_change_required=bool(user.must_change_password),
     )
     return pair, token_id
 
 
+def _usable(account: sa.Row, now: datetime) -> str | None:
+    """Why an account whose password matched still may not log in, or None."""
+    if not account.active:
+        return "disabled"
+    expires = account.password_expires_at
+    if account.must_change_password and expires is not None and as_utc(expires) <= now:
+        return "temporary_password_expired"
+    return None
+
+
 @api.route(
-    "POST", "/login", summary="Log in", tag=TAG, body=LoginRequest, response=TokenPair, public=True
+    "POST",
+    "/login",
+    summary="Log in (throttled: 429 with Retry-After after repeated failures)",
+    tag=TAG,
+    body=LoginRequest,
+    response=TokenPair,
+    public=True,
+    errors=(401, 409, 429, 503),
 )
 async def login(call: Call) -> TokenPair:
     body = call.body(LoginRequest)
-    async with call.ctx.engine.connect() as conn:
-        user = (
-            await conn.execute(sa.select(t.users).where(t.users.c.email == body.email.lower()))
-        ).first()
-    stored = user.password_hash if user is not None and user.active else None
-    if not await call.ctx.passwords.verify(stored, body.password) or user is None:
-        raise Unauthorized("invalid e-mail or password")
-    async with call.ctx.engine.begin() as conn:
-        pair, _ = await _issue_pair(call, conn, user, str(uuid.uuid4()))
-    return pair
-
-
-async def _revoke_family(call: Call, family_id: str) -> None:
-    async with call.ctx.engine.begin() as conn:
-        await conn.execute(
-            t.refresh_tokens.update()
-            .where(
-                t.refresh_tokens.c.family_id == family_id, t.refresh_tokens.c.revoked_at.is_(None)
+    email = body.email.lower()
+    address = client_address(call.request)
+    throttle = Throttle.from_settings(call.ctx.settings)
+    engine = call.ctx.engine
+    try:
+        async with engine.begin() as conn:
+            await throttle.reserve(conn, email, address)
+    except TooManyRequests:
+        async with engine.begin() as conn:
+            await record_login(
+                conn, email=email, address=address, outcome="refused", reason="throttled"
             )
-            .values(revoked_at=utcnow())
+        raise
+
+    query = sa.select(t.users).where(t.users.c.email == email)
+    if body.tenant_id is not None:
+        query = query.where(t.users.c.tenant_id == body.tenant_id)
+    async with engine.connect() as conn:
+        accounts = (
+            await conn.execute(query.order_by(t.users.c.created_at).limit(_MAX_ACCOUNTS_PER_EMAIL))
+        ).all()
+    passwords = call.ctx.passwords
+    if accounts:
+        # Concurrently, so an address with accounts in two tenants costs about one hash's time.
+        checks = await asyncio.gather(
+            *(
+                passwords.verify(a.password_hash if a.active else None, body.password)
+                for a in accounts
+            )
         )
+    else:
+        checks = [await passwords.verify(None, body.password)]
+    now = utcnow()
+    matched = [a for a, ok in zip(accounts, checks, strict=False) if ok and _usable(a, now) is None]
+    if len(matched) != 1:
+        async with engine.begin() as conn:
+            if matched:
+                await throttle.forgive(conn, email, address)
+            if not accounts:
+                await record_login(
+                    conn, email=email, address=address, outcome="failure", reason="unknown_email"
+                )
+            for account, ok in zip(accounts, checks, strict=False):
+                reason = "several_tenants" if matched else (_usable(account, now) if ok else None)
+                await record_login(
+                    conn,
+                    email=email,
+                    address=address,
+                    outcome="refused" if matched else "failure",
+                    reason=reason or ("disabled" if not account.active else "bad_password"),
+                    tenant_id=account.tenant_id,
+                    user_id=account.id,
+                )
+        if matched:
+            # Only someone holding the right password for every one of them gets here.
+            raise Conflict(
+                "this e-mail and password open several tenants; give tenant_id",
+                details={"tenant_ids": [a.tenant_id for a in matched]},
+            )
+        raise Unauthorized("invalid e-mail or password")
+    user = matched[0]
+    async with engine.begin() as conn:
+        await throttle.forgive(conn, email, address)
+        await record_login(
+            conn,
+            email=email,
+            address=address,
+            outcome="success",
+            reason="temporary_password" if user.must_change_password else "password",
+            tenant_id=user.tenant_id,
+            user_id=user.id,
+        )
+        session_id = await open_session(conn, user.id)
+        pair, _ = await _issue_pair(call, conn, user, session_id)
+        return pair
 
 
 class _RotationLost(Exception):
@@ -81,6 +185,7 @@ class _RotationLost(Exception):
     body=RefreshRequest,
     response=TokenPair,
     public=True,
+    errors=(401,),
 )
 async def refresh(call: Call) -> TokenPair:
     digest = token_digest(call.body(RefreshRequest).refresh_token)
@@ -115,32 +220,73 @@ async def refresh(call: Call) -> TokenPair:
             return pair
     except _RotationLost as exc:
         # A rotated token came back: someone holds a copy. End the whole session.
-        await _revoke_family(call, family_id)
+        async with call.ctx.engine.begin() as conn:
+            await end_sessions(conn, session_id=family_id)
         raise Unauthorized("refresh token reuse detected; session revoked") from exc
 
 
 @api.route(
     "POST",
     "/logout",
-    summary="Revoke a refresh token's session",
+    summary="End a refresh token's session (its access tokens stop working at once)",
     tag=TAG,
     body=RefreshRequest,
     response=LogoutResult,
     public=True,
+    errors=(401,),
 )
 async def logout(call: Call) -> LogoutResult:
     digest = token_digest(call.body(RefreshRequest).refresh_token)
-    async with call.ctx.engine.connect() as conn:
+    async with call.ctx.engine.begin() as conn:
         family = await conn.scalar(
             sa.select(t.refresh_tokens.c.family_id).where(t.refresh_tokens.c.token_hash == digest)
         )
-    if family is None:
-        raise Unauthorized("invalid refresh token")
-    await _revoke_family(call, family)
+        if family is None:
+            raise Unauthorized("invalid refresh token")
+        await end_sessions(conn, session_id=family)
     return LogoutResult(revoked=True)
 
 
-@api.route("GET", "/profile", summary="The caller's profile", tag=TAG, response=Profile)
+@api.route(
+    "POST",
+    "/change-password",
+    summary="Change the caller's password; ends the caller's other sessions",
+    tag=TAG,
+    body=ChangePasswordRequest,
+    response=PasswordChanged,
+    errors=(403, 429, 503),
+)
+async def change_password(call: Call) -> PasswordChanged:
+    body = call.body(ChangePasswordRequest)
+    principal = call.principal
+    if body.new_password == body.current_password:
+        raise ValidationFailed("the new password must differ from the current one")
+    engine = call.ctx.engine
+    async with engine.connect() as conn:
+        user = (
+            await conn.execute(sa.select(t.users).where(t.users.c.id == principal.user_id))
+        ).one()
+    address = client_address(call.request)
+    throttle = Throttle.from_settings(call.ctx.settings)
+    # A stolen access token must not become a way to guess the password without limits.
+    async with engine.begin() as conn:
+        await throttle.reserve(conn, user.email, address)
+    if not await call.ctx.passwords.verify(user.password_hash, body.current_password):
+        # Not 401: the caller's session is fine, only the password they typed is not.
+        raise Forbidden("current password is wrong")
+    new_hash = await call.ctx.passwords.hash(body.new_password)
+    async with engine.begin() as conn:
+        await throttle.forgive(conn, user.email, address)
+        await conn.execute(
+            t.users.update()
+            .where(t.users.c.id == user.id)
+            .values(password_hash=new_hash, must_change_password=False, password_expires_at=None)
+        )
+        await end_sessions(conn, user_id=user.id, keep_session_id=principal.session_id)
+    return PasswordChanged(changed=True, other_sessions_ended=True)
+
+
+@api.route("GET", "/profile", summary="The caller's profile", tag=TAG, response=Profile, errors=())
 async def profile(call: Call) -> Profile:
     principal = call.principal
     async with call.ctx.engine.connect() as conn:
@@ -162,4 +308,5 @@ async def profile(call: Call) -> Profile:
         tenant_id=row.tenant_id,
         tenant_name=row.tenant_name,
         permissions=permissions_for(Role(row.role)),
+        password_change_required=bool(row.must_change_password),
     )

@@ -80,6 +80,8 @@ async def test_garbage_expired_and_missing_access_tokens_are_401(api, tenant, jw
             "tenantId": tenant.id,
             "role": "admin",
             "permissions": [],
+            "sid": "s",
+            "ver": 0,
             "iat": now - 1000,
             "exp": now - 10,
         },

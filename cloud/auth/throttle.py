@@ -1,0 +1,201 @@
+"""Login throttling and the login audit log, both in the database so every API replica shares
+them (SQLite and PostgreSQL alike).
+
+Three keys count failures inside a sliding window:
+
+- ``pair``: one account from one client address. The main brake: a guesser at one address gets
+  a few free tries, then waits 1 s, 2 s, 4 s ... up to 15 minutes between tries.
+- ``addr``: one client address across all accounts (password spraying).
+- ``acct``: one account across all addresses (a guesser with many addresses). Its lock is short
+  (30 s at most) and does not apply to an address the account logged in from successfully
+  before, so an attacker elsewhere cannot keep the real user out.
+
+An attempt is counted as a failure *before* the password is checked (and forgiven on success),
+so a burst of concurrent guesses cannot all slip past the check.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from math import ceil
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloud.db import schema as t
+from cloud.db.times import as_utc, utcnow
+from cloud.errors import TooManyRequests
+from cloud.settings import CloudSettings
+
+
+@dataclass(frozen=True)
+class Limit:
+    key: str
+    free: int
+    cap_s: int
+
+
+@dataclass(frozen=True)
+class Throttle:
+    window_s: int
+    base_s: float
+    pair_free: int
+    pair_cap_s: int
+    address_free: int
+    address_cap_s: int
+    account_free: int
+    account_cap_s: int
+    trusted_days: int
+
+    @classmethod
+    def from_settings(cls, s: CloudSettings) -> "Throttle":
+        return cls(
+            window_s=s.login_failure_window_s,
+            base_s=s.login_lockout_base_s,
+            pair_free=s.login_pair_free_failures,
+            pair_cap_s=s.login_pair_lockout_max_s,
+            address_free=s.login_address_free_failures,
+            address_cap_s=s.login_address_lockout_max_s,
+            account_free=s.login_account_free_failures,
+            account_cap_s=s.login_account_lockout_max_s,
+            trusted_days=s.login_trusted_address_days,
+        )
+
+    def limits(self, email: str, address: str, trusted: bool) -> list[Limit]:
+        limits = [
+            Limit(f"pair:{address}:{email}", self.pair_free, self.pair_cap_s),
+            Limit(f"addr:{address}", self.address_free, self.address_cap_s),
+        ]
+        if not trusted:
+            limits.append(Limit(f"acct:{email}", self.account_free, self.account_cap_s))
+        return limits
+
+    def lock_for(self, failures: int, limit: Limit) -> float | None:
+        if failures < limit.free:
+            return None
+        # Bounded exponent: 2**40 s is already far past any cap.
+        return min(self.base_s * 2 ** min(failures - limit.free, 40), limit.cap_s)
+
+    async def trusted(self, conn: AsyncConnection, email: str, address: str) -> bool:
+        if self.trusted_days <= 0:
+            return False
+        since = utcnow() - timedelta(days=self.trusted_days)
+        found = await conn.scalar(
+            sa.select(t.login_audit.c.id)
+            .where(
+                t.login_audit.c.email == email,
+                t.login_audit.c.client_address == address,
+                t.login_audit.c.outcome == "success",
+                t.login_audit.c.created_at >= since,
+            )
+            .limit(1)
+        )
+        return found is not None
+
+    async def reserve(self, conn: AsyncConnection, email: str, address: str) -> None:
+        """Refuses with 429 while a key is locked; otherwise counts this attempt as a failure
+        on every key (``forgive`` takes it back on success). Call inside a transaction."""
+        now = utcnow()
+        limits = self.limits(email, address, await self.trusted(conn, email, address))
+        keys = [limit.key for limit in limits]
+        await _ensure_rows(conn, keys, now)
+        rows = {
+            row.key: row
+            for row in await conn.execute(
+                sa.select(t.login_throttle)
+                .where(t.login_throttle.c.key.in_(keys))
+                .order_by(t.login_throttle.c.key)
+                .with_for_update()
+            )
+        }
+        waits = [
+            (as_utc(row.locked_until) - now).total_seconds()
+            for row in rows.values()
+            if row.locked_until is not None and as_utc(row.locked_until) > now
+        ]
+        if waits:
+            raise TooManyRequests(
+                "too many failed logins; try again later", retry_after_s=max(1, ceil(max(waits)))
+            )
+        window = timedelta(seconds=self.window_s)
+        for limit in limits:
+            row = rows[limit.key]
+            fresh = as_utc(row.updated_at) < now - window or row.failures == 0
+            failures = 1 if fresh else row.failures + 1
+            lock = self.lock_for(failures, limit)
+            await conn.execute(
+                t.login_throttle.update()
+                .where(t.login_throttle.c.key == limit.key)
+                .values(
+                    failures=failures,
+                    window_started_at=now if fresh else row.window_started_at,
+                    locked_until=now + timedelta(seconds=lock) if lock is not None else None,
+                    updated_at=now,
+                )
+            )
+
+    async def forgive(self, conn: AsyncConnection, email: str, address: str) -> None:
+        """A successful login clears its account's keys. The address key only takes back this
+        attempt's count: one account guessed right says nothing about the others an address
+        tried, but many users behind one NAT logging in must not lock it."""
+        await conn.execute(
+            t.login_throttle.delete().where(
+                t.login_throttle.c.key.in_([f"pair:{address}:{email}", f"acct:{email}"])
+            )
+        )
+        failures = t.login_throttle.c.failures
+        await conn.execute(
+            t.login_throttle.update()
+            .where(t.login_throttle.c.key == f"addr:{address}", failures > 0)
+            .values(
+                failures=failures - 1,
+                locked_until=sa.case(
+                    (failures - 1 < self.address_free, None),
+                    else_=t.login_throttle.c.locked_until,
+                ),
+            )
+        )
+        cutoff = utcnow() - timedelta(seconds=self.window_s)
+        await conn.execute(
+            t.login_throttle.delete().where(
+                t.login_throttle.c.updated_at < cutoff,
+                sa.or_(
+                    t.login_throttle.c.locked_until.is_(None),
+                    t.login_throttle.c.locked_until < utcnow(),
+                ),
+            )
+        )
+
+
+async def _ensure_rows(conn: AsyncConnection, keys: list[str], now: datetime) -> None:
+    values = [
+        {"key": k, "failures": 0, "window_started_at": now, "locked_until": None, "updated_at": now}
+        for k in keys
+    ]
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    await conn.execute(insert(t.login_throttle).values(values).on_conflict_do_nothing())
+
+
+async def record_login(
+    conn: AsyncConnection,
+    *,
+    email: str,
+    address: str,
+    outcome: str,
+    reason: str,
+    tenant_id: str | None = None,
+    user_id: str | None = None,
+) -> None:
+    await conn.execute(
+        t.login_audit.insert().values(
+            id=str(uuid.uuid4()),
+            tenant_id=tenant_id,
+            user_id=user_id,
+            email=email[:320],
+            client_address=address[:64],
+            outcome=outcome,
+            reason=reason,
+            created_at=utcnow(),
+        )
+    )
