@@ -41,6 +41,14 @@ class GatewayMetrics:
             "Retained publishes delivered but not retained (only presence may be retained)",
             registry=self.registry,
         )
+        # Signed device messages (edge.store.signed) refused before anything was applied.
+        self.device_messages_refused = Counter(
+            "gateway_device_messages_refused",
+            "Cash, dispense and inventory messages refused: unsigned, bad_signature,"
+            " wrong_machine, replay, malformed, unknown_machine",
+            ["reason"],
+            registry=self.registry,
+        )
         self.orders_created = Counter(
             "gateway_orders_created", "Orders created", ["payment_method"], registry=self.registry
         )

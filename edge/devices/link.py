@@ -4,10 +4,17 @@ It receives what devices publish, validates it against ``contracts.device_messag
 money events through the store and only then acknowledges them to the device. Nothing a device
 sends can crash or stall the receive loop: every bad message is logged, counted and dropped.
 It also publishes signed dispense commands (QoS 1).
+
+Cash credits, dispense results and inventory counts must come signed by the device
+(``contracts.signing``): the broker's word that a machine's MQTT identity published them is not
+enough. The store checks signature and freshness and applies them in one transaction; refused
+ones change nothing, are not acked, are counted by reason and logged once in a while per
+machine and reason (never with their payload).
 """
 
 import asyncio
 import logging
+import time
 from types import TracebackType
 
 from amqtt.client import MQTTClient
@@ -15,15 +22,8 @@ from amqtt.mqtt.constants import QOS_1
 from pydantic import ValidationError
 
 from contracts import topics
-from contracts.device_messages import (
-    Acks,
-    CashCredit,
-    DeviceLog,
-    DispenseResult,
-    Health,
-    Inventory,
-    Presence,
-)
+from contracts.device_messages import Acks, DeviceLog, DispenseResult, Health, Presence
+from contracts.signing import SIGNED_DEVICE_SUFFIXES
 from edge.backoff import Backoff
 from edge.errors import DeviceLinkError
 from edge.metrics import GatewayMetrics
@@ -31,6 +31,11 @@ from edge.settings import GatewaySettings
 from edge.store import GatewayStore
 
 log = logging.getLogger(__name__)
+
+# A refusal is logged at most this often per machine and reason (an attacker with a device's MQTT
+# password could otherwise flood the log).
+REFUSAL_LOG_INTERVAL_S = 300.0
+_REFUSAL_LOG_MAX = 4096
 
 SUBSCRIPTIONS = (
     f"{topics.ROOT}/+/status/#",
@@ -54,6 +59,7 @@ class DeviceLink:
         self._client: MQTTClient | None = None
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._refusals_logged: dict[tuple[str, str], float] = {}
 
     @property
     def connected(self) -> bool:
@@ -160,6 +166,40 @@ class DeviceLink:
         self._metrics.mqtt_rejected.labels(reason=reason).inc()
         log.warning("dropped message on %s: %s %s", topic_name, reason, detail or "")
 
+    def _refuse(self, machine_id: str, reason: str) -> None:
+        self._metrics.device_messages_refused.labels(reason=reason).inc()
+        now = time.monotonic()
+        key = (machine_id, reason)
+        last = self._refusals_logged.get(key)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL_S:
+            return
+        if len(self._refusals_logged) >= _REFUSAL_LOG_MAX:
+            self._refusals_logged.clear()
+        self._refusals_logged[key] = now
+        log.warning(
+            "refused a device message for machine %s: %s (logged at most every %.0fs)",
+            machine_id,
+            reason,
+            REFUSAL_LOG_INTERVAL_S,
+        )
+
+    async def _handle_signed(self, machine_id: str, suffix: str, payload: bytes) -> None:
+        outcome = await self._store.record_signed_message(machine_id, suffix, payload)
+        if outcome.status == "refused":
+            self._refuse(machine_id, outcome.reason or "refused")
+            return
+        self._metrics.mqtt_messages.labels(kind=suffix).inc()
+        message = outcome.message
+        if isinstance(message, DispenseResult):
+            if outcome.status == "unknown_command":
+                self._reject("unknown_command", topics.topic(machine_id, suffix), message.cmd_id)
+            elif outcome.status == "applied":
+                self._metrics.dispense_results.labels(result=message.result.value).inc()
+        # Persisted (or known already): the device may forget it. An unknown command is acked
+        # too, so a device does not resend it forever.
+        if outcome.ack_id is not None:
+            await self.ack(machine_id, [outcome.ack_id])
+
     async def _handle(self, topic_name: str, payload: bytes) -> None:
         parts = topics.split(topic_name)
         if parts is None or parts[1] not in topics.DEVICE_PUBLISH_SUFFIXES:
@@ -168,6 +208,9 @@ class DeviceLink:
         machine_id, suffix = parts
         if len(payload) > self._settings.max_mqtt_payload:
             self._reject("oversized", topic_name, len(payload))
+            return
+        if suffix in SIGNED_DEVICE_SUFFIXES:
+            await self._handle_signed(machine_id, suffix, payload)
             return
         if suffix == topics.PRESENCE and not payload:
             return  # a cleared retained presence
@@ -181,19 +224,7 @@ class DeviceLink:
         match message:
             case Presence():
                 await self._store.set_presence(machine_id, message.online, message.fw)
-            case DispenseResult():
-                outcome = await self._store.record_device_result(machine_id, message)
-                if outcome.status == "unknown_command":
-                    self._reject("unknown_command", topic_name, message.cmd_id)
-                elif outcome.status == "applied":
-                    self._metrics.dispense_results.labels(result=message.result.value).inc()
-                # Persisted (or known already): the device may forget it. An unknown command
-                # is acked too, so a device does not resend it forever.
-                await self.ack(machine_id, [message.id])
-            case CashCredit():
-                await self._store.record_cash_credit(machine_id, message)
-                await self.ack(machine_id, [message.id])
-            case Health() | Inventory():
+            case Health():
                 await self._store.touch_machine(machine_id)
             case DeviceLog():
                 log.info("device %s [%s] %s", machine_id, message.level, message.msg)
@@ -223,14 +254,10 @@ def _is_connected(client: MQTTClient) -> bool:
     return bool(state is not None and state.is_set())
 
 
-_MODELS: dict[
-    str, type[Presence | Health | Inventory | DispenseResult | CashCredit | DeviceLog]
-] = {
+# The unsigned kinds; the signed ones are parsed by the store after their signature checks.
+_MODELS: dict[str, type[Presence | Health | DeviceLog]] = {
     topics.PRESENCE: Presence,
     topics.HEALTH: Health,
-    topics.INVENTORY: Inventory,
-    topics.DISPENSE_RESULT: DispenseResult,
-    topics.CASH_CREDIT: CashCredit,
     topics.LOGS: DeviceLog,
 }
 

@@ -21,7 +21,7 @@ from contracts.orders import (
     OrderStatus,
     PaymentMethod,
 )
-from contracts.signing import DispenseCommandBody, sign_command
+from contracts.signing import DispenseCommandBody, down_key, sign_command
 from contracts.sync import (
     CashCreditRecord,
     DispenseRecord,
@@ -565,7 +565,7 @@ def _new_command(
         ts=now,
     )
     key = sealed.open_command_key(db, order.machine_id, machine["command_key"])
-    payload = sign_command(key, body)
+    payload = sign_command(down_key(key), body)
     sent_at = datetime.now(UTC)
     db.execute(
         "INSERT INTO dispense_commands (cmd_id, order_id, order_item_id, unit, machine_id, slot, "

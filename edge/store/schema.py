@@ -93,6 +93,24 @@ def m002_cash_allocations(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
+def m003_device_sequences(db: sqlite_utils.Database) -> None:
+    """Freshness of signed device messages (``edge.store.sequences``): per machine the highest
+    ``seq`` accepted under its current key and the restore floor, and which (machine, seq) were
+    accepted for which event inside the window."""
+    statements = [
+        """CREATE TABLE device_sequences (
+            machine_id TEXT PRIMARY KEY, key_id TEXT NOT NULL,
+            high_water INTEGER NOT NULL, floor INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE device_messages_seen (
+            machine_id TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL,
+            kind TEXT NOT NULL, accepted_at TEXT NOT NULL,
+            PRIMARY KEY (machine_id, seq))""",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
+@migrations()
 def m005_sealed_secrets(db: sqlite_utils.Database) -> None:
     """Command keys and customer phone numbers become sealed values (``edge.store.sealed``):
     the rows written in plaintext before are sealed here with the active master key, which the

@@ -23,7 +23,7 @@ from contracts.sealing import KeyRing, SealingError
 from contracts.sync import OutboxEvent, PaymentIntent, PaymentUpdate, StateResponse
 from edge.errors import OrderNotFound, StoreError
 from edge.settings import GatewaySettings
-from edge.store import ledger, sealed
+from edge.store import ledger, sealed, sequences, signed
 from edge.store.changes import ChangeFeed
 from edge.store.dbthread import DbThread
 from edge.store.schema import migrations
@@ -75,6 +75,9 @@ class GatewayStore:
         self._reader = DbThread(self._path, "store-reader", transactional=False)
         self.changes = ChangeFeed()
         self._outbox_event = asyncio.Event()
+        self._sidecar = sequences.sidecar_path(self._path)
+        self._marks: sequences.Marks = {}
+        self._sidecar_lock = asyncio.Lock()
 
     async def __aenter__(self) -> "GatewayStore":
         self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -88,7 +91,23 @@ class GatewayStore:
         _create_private(self._path)
         await asyncio.to_thread(self._writer.start, _open_writer(ring))
         await asyncio.to_thread(self._reader.start, _open_reader(ring))
+        await self._load_sequence_marks()
         return self
+
+    async def _load_sequence_marks(self) -> None:
+        """The higher of the database's and the sidecar's high-water marks (a database restored
+        from an older copy must not let old device messages in again)."""
+        in_db = await self._reader.run(sequences.marks)
+        side = await asyncio.to_thread(sequences.read_sidecar, self._sidecar)
+        restored = sorted(m for m, high in side.items() if high > in_db.get(m, 0))
+        if restored:
+            log.warning(
+                "database is behind the device sequence sidecar for %s: restored from an older "
+                "copy? Their messages up to the sidecar's marks are refused unless recorded",
+                ", ".join(machine_id for machine_id, _ in restored),
+            )
+        self._marks = sequences.merged(in_db, side)
+        await asyncio.to_thread(sequences.write_sidecar, self._sidecar, self._marks)
 
     async def __aexit__(
         self,
@@ -305,6 +324,26 @@ class GatewayStore:
         )
         if not outcome.duplicate:
             await self._notify([outcome.order_id])
+        return outcome
+
+    async def record_signed_message(
+        self, machine_id: str, suffix: str, payload: bytes
+    ) -> signed.DeviceOutcome:
+        """Verify and apply what a device signed (``edge.store.signed``), in one transaction;
+        then raise the sidecar's high-water mark."""
+        marks = self._marks
+        outcome = await self._writer.run(
+            lambda db: signed.apply(db, machine_id, suffix, payload, marks)
+        )
+        if outcome.status in ("applied", "corrected"):
+            await self._notify([outcome.order_id])
+        if outcome.mark is not None:
+            mark, high = outcome.mark
+            if high > self._marks.get(mark, 0):
+                async with self._sidecar_lock:
+                    if high > self._marks.get(mark, 0):
+                        self._marks = self._marks | {mark: high}
+                        await asyncio.to_thread(sequences.write_sidecar, self._sidecar, self._marks)
         return outcome
 
     async def record_device_result(self, machine_id: str, result: DispenseResult) -> ResultOutcome:

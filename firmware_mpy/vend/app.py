@@ -30,6 +30,7 @@ class Device:
         self.journal = Journal(keep=cfg["journal_keep"], keep_results=cfg["journal_keep_results"])
         self.clock = Clock(hw.clock_synced())
         self.telemetry = reports.Telemetry(cfg["telemetry_queue"])
+        self.signer = reports.Signer(cfg["up_key"], self.mid, self.journal)
         self.dispenser = Dispenser(self, cfg, hw, self.journal, self.clock)
         self.commands = []
         self.commands_ready = asyncio.Event()
@@ -62,7 +63,12 @@ class Device:
         )
 
     def report_inventory(self):
-        self.telemetry.put(reports.INVENTORY, reports.inventory(self.hal.slots(), self.clock.ts()))
+        try:
+            text = self.signer.seal(reports.inventory(self.hal.slots(), self.clock.ts()))
+        except JournalError as exc:
+            self.log("error", "inventory not signed: %r" % exc)
+            return
+        self.telemetry.put(reports.INVENTORY, text)
 
     def events_changed(self):
         self.events_due.set()
@@ -255,10 +261,13 @@ class Device:
         while True:
             amount = await self.hal.next_credit()
             event_id = binascii.hexlify(os.urandom(16)).decode()
-            text = reports.cash(event_id, amount, self.cfg["currency"], self.clock.ts())
+            fields = reports.cash(event_id, amount, self.cfg["currency"], self.clock.ts())
+            text = None
             # The money is already in the machine: keep trying until it is on flash.
             while True:
                 try:
+                    if text is None:
+                        text = self.signer.seal(fields)
                     self.journal.record(event_id, CASH, text)
                     break
                 except JournalError as exc:
@@ -272,8 +281,9 @@ class Device:
         lost = []
         if journal.broken:
             journal.boot += 1
+            journal.seq_floor(self.clock.ts())
         else:
-            lost = journal.start_boot(self.clock.ts())
+            lost = journal.start_boot(self.clock.ts(), self.signer.seal)
         await self.hal.start()
         print("BOOT", self.mid, VERSION, journal.boot)
         self.log("info", "boot %d fw %s" % (journal.boot, VERSION))

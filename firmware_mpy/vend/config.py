@@ -1,6 +1,8 @@
 # Configuration: built-in defaults overlaid with the provisioned config.json on flash.
 import json
 
+from vend import hmac
+
 CONFIG_FILE = "config.json"
 
 DEFAULTS: dict = {
@@ -20,7 +22,7 @@ DEFAULTS: dict = {
     "motor_ms": 800,
     "drop_timeout_ms": 3000,
     "journal_keep": 64,  # ids of acked dispenses remembered (older ones: counter refuses)
-    "journal_keep_results": 8,  # of those, the newest kept with their result for replays
+    "journal_keep_results": 5,  # of those, the newest kept with their signed result for replays
     "telemetry_queue": 16,
     "backoff_min_ms": 500,
     "backoff_max_ms": 30000,
@@ -62,4 +64,9 @@ def load(path=CONFIG_FILE):
         raise ConfigError("command_key is not hex") from exc
     if not cfg["command_key"]:
         raise ConfigError("command_key missing")
+    # One key per direction, derived once here (contracts/signing.py): a signature made for
+    # one direction is never valid in the other. The machine secret itself is not kept.
+    secret = cfg.pop("command_key")
+    cfg["down_key"] = hmac.digest(secret, b"vend/v1/gateway-to-device")
+    cfg["up_key"] = hmac.digest(secret, b"vend/v1/device-to-gateway")
     return cfg

@@ -17,7 +17,7 @@ from vend.reports import DISPENSE_RESULT
 class Dispenser:
     def __init__(self, dev, cfg, hal, journal, clock):
         self._dev = dev
-        self._key = cfg["command_key"]
+        self._key = cfg["down_key"]
         self._mid = cfg["machine_id"]
         self._motor_ms = cfg["motor_ms"]
         self._drop_ms = cfg["drop_timeout_ms"]
@@ -81,7 +81,13 @@ class Dispenser:
             self._dev.log("error", "refused command %s: %r" % (cmd_id, exc))
             self._ram_ctr = max(self._ram_ctr, body["ctr"])
             result.update(result="failed", reason="storage", ts=self._clock.ts())
-            await self._dev.publish_event(DISPENSE_RESULT, json.dumps(result))
+            try:
+                text = self._dev.signer.seal(result)
+            except JournalError as exc:
+                # No seq without flash: the gateway's timeout reports it unknown instead.
+                self._dev.log("error", "result of %s not signed: %r" % (cmd_id, exc))
+                return
+            await self._dev.publish_event(DISPENSE_RESULT, text)
             return
         await self._hal.run_motor(slot, cmd_id, self._motor_ms)
         dropped = await self._hal.wait_drop(slot, self._drop_ms)
@@ -91,7 +97,7 @@ class Dispenser:
             result.update(result="failed", reason="jam")
         result["ts"] = self._clock.ts()
         try:
-            journal.finish(cmd_id, json.dumps(result))
+            journal.finish(cmd_id, self._dev.signer.seal(result))
         except JournalError as exc:
             # The entry stays "started" on flash (reported unknown after a reboot); the result
             # is in memory and is still sent until acked.
@@ -103,7 +109,7 @@ class Dispenser:
     def _finish_unrun(self, result, ctr, reason):
         result.update(result="failed", reason=reason, ts=self._clock.ts())
         try:
-            self._journal.record(result["id"], DISPENSE, json.dumps(result), ctr)
+            self._journal.record(result["id"], DISPENSE, self._dev.signer.seal(result), ctr)
         except JournalError as exc:
             self._dev.log("error", "result of %s not persisted: %r" % (result["id"], exc))
             return

@@ -1,5 +1,6 @@
-# The journal on flash: the last accepted command counter, the boot counter, and every money
-# event (dispense results, cash credits) until the gateway has acknowledged it.
+# The journal on flash: the last accepted command counter, the boot counter, the reservation of
+# the signed-message counter, and every money event (dispense results, cash credits) until the
+# gateway has acknowledged it.
 #
 # The whole journal is one small JSON file, rewritten atomically (temp file, then rename) at
 # every change, so after a power cut it is either the old or the new version, never half.
@@ -7,13 +8,20 @@
 # Entry: [id, kind, state, acked, payload]
 #   kind    "d" dispense (id == cmd_id) | "c" cash credit
 #   state   "started": the motor may have run, no outcome yet (only dispenses)
-#           "done":    payload is the exact JSON text to publish
+#           "done":    payload is the exact signed envelope to publish, so every resend is
+#                      byte-identical (same seq) and the gateway can tell it from a replay
 #   payload for "started": the result without outcome (id, cmd_id, order_id, item_id, slot)
 #
 # Acked dispenses keep their full entry (to answer a replay with the recorded result) for the
 # newest `keep_results`; older ones shrink to their id in `acked` (the newest `keep` ids), and
 # anything older still is refused by the counter. A full entry costs ~480 bytes of heap on the
 # 64-bit unix port, an id ~70, hence the two limits.
+#
+# Signed-message counter (seq, docs/protocol.md): every signed message carries a seq above all
+# earlier ones. Writing flash for every inventory report would wear it out, so the journal
+# persists a reservation `s` and hands out seqs up to it from RAM; when the block is used up it
+# reserves the next one (one flash write per SEQ_BLOCK messages). After a reboot it starts
+# from the reservation: the seqs skipped are never used, which the gateway does not mind.
 import json
 import os
 
@@ -21,6 +29,7 @@ DISPENSE = "d"
 CASH = "c"
 STARTED = "started"
 DONE = "done"
+SEQ_BLOCK = 64
 
 
 class JournalError(Exception):
@@ -37,6 +46,8 @@ class Journal:
         self.boot = 0
         self.entries = []
         self.acked = []  # ids of older acked dispenses, oldest first
+        self.seq = 0  # last seq handed out (RAM)
+        self.seq_reserved = 0  # on flash: no seq above it was ever handed out
         # A journal that cannot be read must not be replaced by an empty one: that would
         # forget which commands already ran. Dispensing stays refused until someone looks.
         self.broken = None
@@ -54,6 +65,8 @@ class Journal:
             self.boot = int(data["boot"])
             self.entries = list(data["e"])
             self.acked = list(data.get("a", ()))
+            self.seq_reserved = int(data.get("s", 0))
+            self.seq = self.seq_reserved
         except (ValueError, KeyError, TypeError) as exc:
             self.broken = "journal unreadable: %r" % exc
 
@@ -67,6 +80,7 @@ class Journal:
                         "boot": self.boot,
                         "e": self.entries,
                         "a": self.acked,
+                        "s": self.seq_reserved,
                     },
                     f,
                 )
@@ -86,11 +100,36 @@ class Journal:
     def unacked(self):
         return [e for e in self.entries if e[2] == DONE and not e[3]]
 
-    def start_boot(self, ts):
-        """Count this power-up and turn every interrupted dispense into an 'unknown' result.
+    def next_seq(self):
+        """The next signed-message counter. Raises JournalError when a new block cannot be
+        reserved on flash (then nothing may be signed: a reboot could hand out the seq again)."""
+        if self.seq >= self.seq_reserved:
+            old = self.seq_reserved
+            self.seq_reserved = self.seq + SEQ_BLOCK
+            # A broken journal is never overwritten (see __init__); its seqs come from the
+            # clock-based start in start_boot / the app and stay in RAM.
+            if self.broken is None:
+                try:
+                    self.save()
+                except JournalError:
+                    self.seq_reserved = old
+                    raise
+        self.seq += 1
+        return self.seq
+
+    def seq_floor(self, ts):
+        """No reservation yet (new or wiped flash): start above the clock in seconds, so a
+        re-flashed device carrying the same key is not taken for a replay of its old self."""
+        if self.seq_reserved == 0 and self.seq < ts:
+            self.seq = self.seq_reserved = ts
+
+    def start_boot(self, ts, seal):
+        """Count this power-up and turn every interrupted dispense into an 'unknown' result,
+        signed with `seal` (dict -> envelope text).
 
         Returns the ids of the interrupted dispenses. Never re-runs them."""
         self.boot += 1
+        self.seq_floor(ts)
         lost = []
         for e in self.entries:
             if e[2] == STARTED:
@@ -98,8 +137,8 @@ class Journal:
                 result["result"] = "unknown"
                 result["reason"] = "power_loss"
                 result["ts"] = ts
+                e[4] = seal(result)
                 e[2] = DONE
-                e[4] = json.dumps(result)
                 lost.append(e[0])
         if self.broken is None:
             self.save()

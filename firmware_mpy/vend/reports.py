@@ -1,7 +1,10 @@
-# Payloads the device publishes (see contracts/device_messages.py on the host side), and the
-# bounded telemetry queue. Money events do not go through this queue: they live in the journal.
+# Payloads the device publishes (see contracts/device_messages.py on the host side), the signer
+# for those that move money or stock, and the bounded telemetry queue. Money events do not go
+# through this queue: they live in the journal.
 import asyncio
 import json
+
+from vend import hmac
 
 # topic suffixes under devices/{machine_id}/
 PRESENCE = "status/presence"
@@ -36,7 +39,7 @@ def health(fw, uptime_s, heap_free, temp_c, door_open, rssi, dropped, ts):
 
 
 def inventory(slots, ts):
-    return json.dumps({"slots": slots, "ts": ts})
+    return {"slots": slots, "ts": ts}
 
 
 def log(level, msg, ts):
@@ -44,7 +47,28 @@ def log(level, msg, ts):
 
 
 def cash(event_id, amount, currency, ts):
-    return json.dumps({"id": event_id, "amount": amount, "currency": currency, "ts": ts})
+    return {"id": event_id, "amount": amount, "currency": currency, "ts": ts}
+
+
+class Signer:
+    """Signs what moves money or stock (cash, dispense results, inventory) for the gateway:
+    {"v":1,"body":"<JSON with mid and seq>","sig":"<HMAC-SHA256 hex of the body, key k_up>"}
+    (contracts/signing.py). The seq comes from the journal, so it never repeats."""
+
+    def __init__(self, key, mid, journal):
+        self._key = key
+        self._mid = mid
+        self._journal = journal
+
+    def seal(self, fields):
+        """dict -> envelope text. Raises JournalError if no seq can be reserved."""
+        fields["mid"] = self._mid
+        fields["seq"] = self._journal.next_seq()
+        body = json.dumps(fields, separators=(",", ":"))
+        return '{"v":1,"body":%s,"sig":"%s"}' % (
+            json.dumps(body),
+            hmac.hexdigest(self._key, body.encode()),
+        )
 
 
 class Telemetry:

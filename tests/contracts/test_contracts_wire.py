@@ -1,6 +1,8 @@
 """The shared wire contracts: money stays integral, long reasons never cost a result, signatures
 cover the exact bytes."""
 
+import hashlib
+import hmac
 import json
 
 import pytest
@@ -8,7 +10,19 @@ from pydantic import ValidationError
 
 from contracts.credentials import new_command_key
 from contracts.device_messages import MAX_REASON, CashCredit, DispenseResult
-from contracts.signing import DispenseCommandBody, SignatureError, sign_command, verify_command
+from contracts.signing import (
+    BadSignature,
+    DispenseCommandBody,
+    MalformedBody,
+    MalformedEnvelope,
+    SignatureError,
+    down_key,
+    sign_command,
+    sign_device_message,
+    up_key,
+    verify_command,
+    verify_device_message,
+)
 
 
 def test_a_long_reason_is_clipped_not_refused() -> None:
@@ -38,3 +52,38 @@ def test_signature_covers_the_exact_body_bytes() -> None:
         verify_command(key, json.dumps(envelope).encode())
     with pytest.raises(SignatureError):
         verify_command(bytes.fromhex(new_command_key()), payload)
+
+
+def test_each_direction_has_its_own_key() -> None:
+    secret = bytes.fromhex(new_command_key())
+    assert len({secret, down_key(secret), up_key(secret)}) == 3
+    body = DispenseCommandBody(
+        cmd_id="cmd00001", mid="M1", order_id="o1", item_id="i1", slot="A1", ctr=7, exp=2, ts=1
+    )
+    command = sign_command(down_key(secret), body)
+    # A command does not pass as a device message, nor the other way round.
+    with pytest.raises(BadSignature):
+        verify_device_message(up_key(secret), command)
+    message = sign_device_message(up_key(secret), "M1", 5, {"id": "credit0001", "amount": 100})
+    with pytest.raises(BadSignature):
+        verify_command(down_key(secret), message)
+
+
+def test_a_signed_device_message_carries_mid_and_seq_over_the_exact_bytes() -> None:
+    key = up_key(bytes.fromhex(new_command_key()))
+    credit = CashCredit(id="credit0001", amount=1000, ts=1)
+    payload = sign_device_message(key, "M1", 42, credit.model_dump(mode="json"))
+    header, body = verify_device_message(key, payload)
+    assert (header.mid, header.seq) == ("M1", 42)
+    assert CashCredit.model_validate_json(body) == credit
+    envelope = json.loads(payload)
+    envelope["body"] = envelope["body"].replace('"amount":1000', '"amount":9000')
+    with pytest.raises(BadSignature):
+        verify_device_message(key, json.dumps(envelope).encode())
+    with pytest.raises(MalformedEnvelope):
+        verify_device_message(key, credit.model_dump_json().encode())  # unsigned
+    unnumbered = json.dumps(
+        {"v": 1, "body": "{}", "sig": hmac.new(key, b"{}", hashlib.sha256).hexdigest()}
+    ).encode()
+    with pytest.raises(MalformedBody):
+        verify_device_message(key, unnumbered)

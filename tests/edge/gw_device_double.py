@@ -2,7 +2,9 @@
 
 It is used where the test is about the gateway (timings, restarts), not the firmware: it checks
 the command's HMAC, counter and journal the way the firmware does, answers with a dispense
-result until acked, and can jam a slot or stay silent.
+result until acked, and can jam a slot or stay silent. Cash credits and dispense results are
+signed like the firmware signs them (``contracts.signing``: key derived for the device ->
+gateway direction, ``mid`` and ``seq`` in the body) and resent byte for byte.
 """
 
 import asyncio
@@ -16,7 +18,19 @@ from amqtt.mqtt.constants import QOS_1
 
 from contracts import topics
 from contracts.device_messages import Acks, CashCredit, DispenseResult, Presence
-from contracts.signing import SignatureError, verify_command
+from contracts.signing import (
+    SignatureError,
+    down_key,
+    sign_device_message,
+    up_key,
+    verify_command,
+)
+
+
+def first_seq() -> int:
+    """Where a fresh double starts counting: like a fresh firmware journal it starts from the
+    clock (finer here, as several doubles of one machine may start within a second)."""
+    return time.time_ns() // 1000
 
 
 class DeviceDouble:
@@ -32,7 +46,9 @@ class DeviceDouble:
     ) -> None:
         self.machine_id = machine_id
         self._password = password
-        self._key = bytes.fromhex(command_key)
+        self._key = down_key(bytes.fromhex(command_key))
+        self.up_key = up_key(bytes.fromhex(command_key))
+        self.seq = first_seq()
         self._port = port
         self.silent = silent  # receives commands but never runs or answers them
         self.jammed: set[str] = set()
@@ -81,9 +97,16 @@ class DeviceDouble:
         """Publish outside its own tree (what the broker ACL must drop)."""
         await self._client.publish(topic_name, payload, qos=QOS_1)
 
+    def sign(self, fields: dict[str, object], *, seq: int | None = None) -> bytes:
+        """``fields`` as this machine signs them, with the next seq (or ``seq``)."""
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        return sign_device_message(self.up_key, self.machine_id, seq, fields)
+
     async def insert_coin(self, amount: int) -> str:
         credit = CashCredit(id=os.urandom(16).hex(), amount=amount, ts=int(time.time()))
-        body = credit.model_dump_json().encode()
+        body = self.sign(credit.model_dump(mode="json"))
         self._unacked[credit.id] = (topics.CASH_CREDIT, body)
         await self._publish(topics.CASH_CREDIT, body)
         return credit.id
@@ -147,7 +170,7 @@ class DeviceDouble:
             reason="jam" if result == "failed" else None,
             ts=int(time.time()),
         )
-        body = message.model_dump_json().encode()
+        body = self.sign(message.model_dump(mode="json"))
         self._unacked[cmd_id] = (topics.DISPENSE_RESULT, body)
         await self._publish(topics.DISPENSE_RESULT, body)
 

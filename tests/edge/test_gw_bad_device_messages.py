@@ -1,5 +1,8 @@
 """Malformed, oversized and unexpected payloads from an authenticated device are counted and
-dropped; the gateway keeps processing what follows."""
+dropped; the gateway keeps processing what follows. Unsigned (or signed but malformed) cash and
+dispense messages are refused and counted as such."""
+
+import json
 
 import aiohttp
 from gw_device_double import DeviceDouble
@@ -29,12 +32,15 @@ async def test_bad_payloads_are_counted_and_the_link_survives(
         await dev.publish_raw(topics.HEALTH, b"\xff\xfe\x00")
         await dev.publish_raw(topics.LOGS, b'{"msg":"' + b"x" * 5000 + b'"}')
         await dev.publish_raw(topics.DISPENSE_RESULT, b"[]")
-        # A well-formed result for a command the gateway never sent.
-        await dev.publish_raw(
-            topics.DISPENSE_RESULT,
-            b'{"id":"c0ffee0000","cmd_id":"c0ffee0000","order_id":"o","item_id":"i",'
-            b'"slot":"A1","result":"ok","ts":1}',
-        )
+        # A well-formed result for a command the gateway never sent: unsigned, then signed.
+        unknown = {
+            "id": "c0ffee0000", "cmd_id": "c0ffee0000", "order_id": "o", "item_id": "i",
+            "slot": "A1", "result": "ok", "ts": 1,
+        }  # fmt: skip
+        await dev.publish_raw(topics.DISPENSE_RESULT, json.dumps(unknown).encode())
+        await dev.publish_raw(topics.DISPENSE_RESULT, dev.sign(unknown))
+        # Signed by the device, but not a valid credit.
+        await dev.publish_raw(topics.CASH_CREDIT, dev.sign({"id": "abcdefgh14", "amount": 1.5}))
         credit = await dev.insert_coin(500)  # and then a valid message
 
         async def credited() -> bool:
@@ -43,7 +49,9 @@ async def test_bad_payloads_are_counted_and_the_link_survives(
 
         await wait_for(credited)
         text = await metrics_text(gateway)
-        assert 'gateway_mqtt_rejected_total{reason="malformed"} 5.0' in text
+        assert 'gateway_mqtt_rejected_total{reason="malformed"} 1.0' in text
+        assert 'gateway_device_messages_refused_total{reason="unsigned"} 5.0' in text
+        assert 'gateway_device_messages_refused_total{reason="malformed"} 1.0' in text
         assert 'gateway_mqtt_rejected_total{reason="oversized"} 1.0' in text
         assert 'gateway_mqtt_rejected_total{reason="unknown_command"} 1.0' in text
         assert 'gateway_mqtt_messages_total{kind="events/cash"}' in text

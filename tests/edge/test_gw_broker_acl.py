@@ -11,6 +11,7 @@ from gw_support import make_machine
 from polling import wait_for
 from standalone_site import MachineCreds
 
+from contracts.signing import sign_device_message, up_key
 from contracts.sync import StateResponse
 from edge.app import Gateway
 from edge.broker.acl import device_may_publish, device_may_subscribe
@@ -156,11 +157,17 @@ async def test_last_will_outside_own_presence_is_refused(
     assert rows == []
 
 
+def _signed_credit(machine: MachineCreds, credit_id: str, seq: int) -> bytes:
+    """A cash credit as the machine's firmware signs it (the gateway takes no other)."""
+    fields = {"id": credit_id, "amount": 500, "ts": seq}
+    return sign_device_message(up_key(bytes.fromhex(machine.command_key)), machine.id, seq, fields)
+
+
 async def test_connected_session_loses_its_rights_at_decommission(
     gateway: Gateway, creds: dict[str, MachineCreds]
 ) -> None:
     async with mqtt(gateway, "M2", "M2", creds["M2"].secret) as device:
-        credit = b'{"id":"beforedecom1","amount":500,"ts":1}'
+        credit = _signed_credit(creds["M2"], "beforedecom1", 1)
         await device.publish("devices/M2/events/cash", credit, qos=QOS_1)
 
         async def stored() -> bool:
@@ -169,12 +176,12 @@ async def test_connected_session_loses_its_rights_at_decommission(
         await wait_for(stored)
         gone = make_machine("M2", creds["M2"], stock={"A1": 3}, version=2, status="decommissioned")
         await gateway.store.apply_state(StateResponse(cursor=2, machines=[gone]))
-        after = b'{"id":"afterdecom01","amount":500,"ts":2}'
+        after = _signed_credit(creds["M2"], "afterdecom01", 2)
         with contextlib.suppress(Exception):  # the broker may drop the session instead
             await device.publish("devices/M2/events/cash", after, qos=QOS_1)
     # Another device's credit, sent after it, arrives: the refused one had its chance too.
     async with mqtt(gateway, "M1", "M1", creds["M1"].secret) as other:
-        marker = b'{"id":"markerfromm1","amount":500,"ts":3}'
+        marker = _signed_credit(creds["M1"], "markerfromm1", 3)
         await other.publish("devices/M1/events/cash", marker, qos=QOS_1)
 
         async def marker_stored() -> bool:

@@ -13,7 +13,7 @@ from standalone_site import MachineCreds
 
 from contracts.device_messages import CashCredit
 from contracts.orders import DispenseOutcome, PaymentMethod
-from contracts.signing import verify_command
+from contracts.signing import down_key, verify_command
 from contracts.sync import StateResponse
 from edge.store import GatewayStore, ledger
 from edge.store.views import NewOrder, NewOrderLine
@@ -69,7 +69,7 @@ async def test_fresh_store_starts_at_the_wall_clock(
     before = now_ms()
     command = await store.next_command(order_id, 60)
     assert command is not None
-    body = verify_command(bytes.fromhex(creds["M1"].command_key), command.payload)
+    body = verify_command(down_key(bytes.fromhex(creds["M1"].command_key)), command.payload)
     assert before <= body.ctr <= now_ms()
 
 

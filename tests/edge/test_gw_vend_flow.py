@@ -12,7 +12,7 @@ from gw_support import gateway_settings, load_site, order_status
 from polling import wait_for
 from standalone_site import MachineCreds
 
-from contracts.signing import verify_command
+from contracts.signing import down_key, verify_command
 from edge.app import Gateway
 
 
@@ -119,7 +119,7 @@ async def test_lost_result_becomes_unknown_and_is_never_resigned(
         # Re-sent every dispense_resend_s, always the same signed bytes (one command id).
         assert len(dev.received) >= 3
         assert len(set(dev.received)) == 1
-        body = verify_command(bytes.fromhex(creds["M1"].command_key), dev.received[0])
+        body = verify_command(down_key(bytes.fromhex(creds["M1"].command_key)), dev.received[0])
         assert body.mid == "M1" and body.slot == "A1"
     final = await gateway.store.get_order(order["id"])
     assert (final.items[0].unknown, final.items[0].dispense_status.value) == (1, "unknown")
@@ -165,7 +165,7 @@ async def test_restart_resumes_with_the_same_command(
     async with Gateway(settings) as gw:
         async with device(gw, creds["M1"]) as dev:
             # This device instance "remembers" having run the command before the restart.
-            body = verify_command(bytes.fromhex(creds["M1"].command_key), first_payload)
+            body = verify_command(down_key(bytes.fromhex(creds["M1"].command_key)), first_payload)
             dev.journal[body.cmd_id] = "ok"
             assert await until_status(gw, order["id"], "completed") == "completed"
             assert dev.received and set(dev.received) == {first_payload}

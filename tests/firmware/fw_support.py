@@ -17,7 +17,14 @@ import pytest
 from amqtt.client import MQTTClient
 
 from contracts import topics
-from contracts.signing import DispenseCommandBody, sign_command
+from contracts.signing import (
+    SIGNED_DEVICE_SUFFIXES,
+    DispenseCommandBody,
+    down_key,
+    sign_command,
+    up_key,
+    verify_device_message,
+)
 from tools.virtual_esp32 import FIRMWARE_DIR, VirtualDevice
 from tools.virtual_esp32.flash import venv_tool
 
@@ -137,8 +144,22 @@ class Received:
         assert parts is not None
         return parts[1]
 
+    @property
+    def body(self) -> bytes:
+        """The message itself: for the signed kinds the verified body of the envelope (with
+        its ``mid`` and ``seq``), for the rest the payload."""
+        if self.suffix not in SIGNED_DEVICE_SUFFIXES:
+            return self.payload
+        header, text = verify_device_message(up_key(device_key(self.machine_id)), self.payload)
+        assert header.mid == self.machine_id
+        return text.encode()
+
+    @property
+    def seq(self) -> int:
+        return verify_device_message(up_key(device_key(self.machine_id)), self.payload)[0].seq
+
     def json(self) -> dict[str, object]:
-        data = json.loads(self.payload)
+        data = json.loads(self.body)
         assert isinstance(data, dict)
         return data
 
@@ -170,7 +191,8 @@ class SigningGateway:
         mid: str | None = None,
         key: bytes | None = None,
     ) -> tuple[str, bytes]:
-        """A signed dispense command -> (cmd_id, exact payload bytes)."""
+        """A signed dispense command -> (cmd_id, exact payload bytes); ``key`` is the machine
+        secret (the command is signed with the key derived from it)."""
         if ctr is None:
             ctr = self.counters.get(machine_id, 0) + 1
         self.counters[machine_id] = max(ctr, self.counters.get(machine_id, 0))
@@ -185,7 +207,7 @@ class SigningGateway:
             exp=now + exp_in,
             ts=now,
         )
-        return body.cmd_id, sign_command(key or device_key(machine_id), body)
+        return body.cmd_id, sign_command(down_key(key or device_key(machine_id)), body)
 
     async def send(self, machine_id: str, payload: bytes) -> None:
         await self.client.publish(topics.topic(machine_id, topics.DISPENSE_COMMAND), payload, qos=1)

@@ -13,7 +13,7 @@ async def test_coin_credit_is_resent_until_acked(
         await device.wait_online()
         await device.sim("coin", amount=1000)
         first = await gateway.wait_message("VM1", topics.CASH_CREDIT, amount=1000)
-        credit = CashCredit.model_validate_json(first.payload)
+        credit = CashCredit.model_validate_json(first.body)
 
         # not acked: it comes again (resend_interval_s is 1 in these tests)
         index = gateway.received.index(first)
@@ -24,7 +24,7 @@ async def test_coin_credit_is_resent_until_acked(
         # resend rounds have passed, and the acked credit must not have been in any of them.
         await device.sim("coin", amount=500)
         second = await gateway.wait_message("VM1", topics.CASH_CREDIT, amount=500)
-        second_id = CashCredit.model_validate_json(second.payload).id
+        second_id = CashCredit.model_validate_json(second.body).id
         await _wait_sends(gateway, second_id, 2)
         settled = len(gateway.events("VM1", topics.CASH_CREDIT, credit.id))
         await _wait_sends(gateway, second_id, 4)

@@ -22,8 +22,8 @@ async def test_replayed_command_resends_the_recorded_result(
         await gateway.send("VM1", payload)  # the very same bytes
         await gateway.wait_log("VM1", f"replayed command {cmd_id}", start=mark)
         again = await gateway.wait_message("VM1", topics.DISPENSE_RESULT, id=cmd_id, start=mark)
-        assert DispenseResult.model_validate_json(again.payload) == (
-            DispenseResult.model_validate_json(first.payload)
+        assert DispenseResult.model_validate_json(again.body) == (
+            DispenseResult.model_validate_json(first.body)
         )
         assert device.motor_runs(cmd_id) == 1
         assert device.motor_runs() == 1
@@ -82,7 +82,7 @@ async def test_expired_command_reports_failed_without_motor(
         cmd_id, payload = gateway.command("VM1", exp_in=-5)
         await gateway.send("VM1", payload)
         msg = await gateway.wait_message("VM1", topics.DISPENSE_RESULT, id=cmd_id)
-        result = DispenseResult.model_validate_json(msg.payload)
+        result = DispenseResult.model_validate_json(msg.body)
         assert (result.result, result.reason) == ("failed", "expired")
         state = await device.sim("state")
         assert state["slots"] == {"A1": 5, "A2": 5}

@@ -16,10 +16,10 @@ async def test_jam_reports_failed_and_keeps_stock(
         mark = len(gateway.received)
         await gateway.send("VM1", payload)
         msg = await gateway.wait_message("VM1", topics.DISPENSE_RESULT, id=cmd_id)
-        result = DispenseResult.model_validate_json(msg.payload)
+        result = DispenseResult.model_validate_json(msg.body)
         assert (result.result, result.reason, result.slot) == ("failed", "jam", "A1")
         inventory = await gateway.wait_message("VM1", topics.INVENTORY, start=mark)
-        assert Inventory.model_validate_json(inventory.payload).slots["A1"] == 5
+        assert Inventory.model_validate_json(inventory.body).slots["A1"] == 5
         assert device.motor_runs(cmd_id) == 1
 
         await device.sim("jam", slot="A1", on=False)

@@ -1,4 +1,5 @@
-"""vend/journal.py under MicroPython: persistence, recovery, acks and bounded compaction."""
+"""vend/journal.py under MicroPython: persistence, recovery, acks and bounded compaction, and
+the signed-message counter (reserved in blocks on flash, never handed out twice)."""
 
 import json
 from pathlib import Path
@@ -11,15 +12,15 @@ from vend.journal import Journal
 out = {}
 j = Journal("j.json", keep=5, keep_results=2)
 out["fresh"] = [j.ctr, j.boot, j.broken]
-j.start_boot(100)
+j.start_boot(100, json.dumps)
 j.start("cmd00001", 1, '{"id": "cmd00001", "slot": "A1"}')
 j.finish("cmd00001", '{"id": "cmd00001", "result": "ok"}')
 j.record("cash0001", "c", '{"id": "cash0001", "amount": 500}')
 j.start("cmd00002", 2, '{"id": "cmd00002", "slot": "A2"}')   # power cut here
 j2 = Journal("j.json", keep=5, keep_results=2)
 out["reloaded"] = [j2.ctr, j2.boot, [e[0] for e in j2.entries], [e[2] for e in j2.entries]]
-out["lost"] = j2.start_boot(200)
-out["unknown"] = json.loads(j2.find("cmd00002")[4])
+out["lost"] = j2.start_boot(200, lambda r: json.dumps(r) + " sealed")
+out["unknown"] = json.loads(j2.find("cmd00002")[4][: -len(" sealed")])
 out["unacked"] = sorted(e[0] for e in j2.unacked())
 out["acked_n"] = j2.ack(["cmd00001", "cash0001", "nope0000"])
 out["after_ack"] = [e[0] for e in j2.entries]
@@ -38,6 +39,24 @@ out["tmp_left"] = "j.json.tmp" in os.listdir()
 with open("bad.json", "w") as f:
     f.write('{"ctr": 3, "boot"')
 out["broken"] = Journal("bad.json").broken is not None
+print(json.dumps(out))
+"""
+
+SEQ_SCRIPT = """
+import json
+from vend.journal import SEQ_BLOCK, Journal
+out = {"block": SEQ_BLOCK}
+k = Journal("k.json")
+k.start_boot(1000, json.dumps)  # a fresh journal starts above the clock
+out["first"] = [k.next_seq() for _ in range(3)]
+with open("k.json") as f:
+    out["reserved"] = json.load(f)["s"]
+k2 = Journal("k.json")  # power cut: the seqs handed out from RAM are lost with it
+k2.start_boot(5, json.dumps)  # a clock behind the reservation changes nothing
+out["after_reboot"] = k2.next_seq()
+out["later"] = [k2.next_seq() for _ in range(SEQ_BLOCK)][-1]
+with open("k.json") as f:
+    out["reserved2"] = json.load(f)["s"]
 print(json.dumps(out))
 """
 
@@ -75,3 +94,15 @@ def test_journal_lifecycle(tmp_path: Path) -> None:
     assert got["broken"] is True
     on_flash = json.loads((tmp_path / "j.json").read_text())
     assert on_flash["ctr"] == 12 and on_flash["boot"] == 2
+
+
+def test_message_counter_never_repeats_across_reboots(tmp_path: Path) -> None:
+    got = run_micropython(SEQ_SCRIPT, tmp_path)
+    assert isinstance(got, dict)
+    block = got["block"]
+    assert got["first"] == [1001, 1002, 1003]
+    assert got["reserved"] == 1000 + block  # one flash write for the whole block
+    # after the reboot it starts above everything reserved, skipping the unused rest
+    assert got["after_reboot"] == 1000 + block + 1
+    assert got["later"] == 1000 + 2 * block + 1
+    assert got["reserved2"] == 1000 + 3 * block

@@ -1,7 +1,10 @@
 """A signed command dispenses once, and every message the firmware sends validates against the
-host-side contract models (contracts.device_messages)."""
+host-side contract models (contracts.device_messages); cash, dispense results and inventory come
+signed (contracts.signing) with the key derived for the device -> gateway direction and a seq
+that only grows."""
 
-from fw_support import BrokerInfo, DeviceFactory, SigningGateway, fetch_retained
+import pytest
+from fw_support import BrokerInfo, DeviceFactory, SigningGateway, device_key, fetch_retained
 from pydantic import BaseModel
 
 from contracts import topics
@@ -12,6 +15,14 @@ from contracts.device_messages import (
     Health,
     Inventory,
     Presence,
+)
+from contracts.signing import (
+    SIGNED_DEVICE_SUFFIXES,
+    SignatureError,
+    SignedEnvelope,
+    down_key,
+    up_key,
+    verify_device_message,
 )
 
 MODELS: dict[str, type[BaseModel]] = {
@@ -36,13 +47,13 @@ async def test_signed_command_dispenses_once_and_messages_validate(
         assert retained.retain and Presence.model_validate_json(retained.payload).online
 
         first = await gateway.wait_message("VM1", topics.INVENTORY)
-        assert Inventory.model_validate_json(first.payload).slots == {"A1": 5, "A2": 5}
+        assert Inventory.model_validate_json(first.body).slots == {"A1": 5, "A2": 5}
 
         cmd_id, payload = gateway.command("VM1", slot="A2")
         mark = len(gateway.received)
         await gateway.send("VM1", payload)
         msg = await gateway.wait_message("VM1", topics.DISPENSE_RESULT, id=cmd_id, start=mark)
-        result = DispenseResult.model_validate_json(msg.payload)
+        result = DispenseResult.model_validate_json(msg.body)
         assert (result.cmd_id, result.slot, result.result, result.order_id) == (
             cmd_id,
             "A2",
@@ -50,12 +61,12 @@ async def test_signed_command_dispenses_once_and_messages_validate(
             "order-1",
         )
         inventory = await gateway.wait_message("VM1", topics.INVENTORY, start=mark)
-        assert Inventory.model_validate_json(inventory.payload).slots == {"A1": 5, "A2": 4}
+        assert Inventory.model_validate_json(inventory.body).slots == {"A1": 5, "A2": 4}
         await gateway.ack("VM1", [cmd_id])
 
         await device.sim("coin", amount=1000)
         cash = await gateway.wait_message("VM1", topics.CASH_CREDIT, amount=1000)
-        credit = CashCredit.model_validate_json(cash.payload)
+        credit = CashCredit.model_validate_json(cash.body)
         assert credit.currency == "INR" and len(credit.id) == 32
         await gateway.ack("VM1", [credit.id])
 
@@ -67,8 +78,20 @@ async def test_signed_command_dispenses_once_and_messages_validate(
     assert device.motor_runs(cmd_id) == 1
     seen = {m.suffix for m in gateway.received}
     assert seen >= set(MODELS), f"missing {set(MODELS) - seen}"
+    by_seq: dict[int, bytes] = {}
     for m in gateway.received:
-        MODELS[m.suffix].model_validate_json(m.payload)
+        MODELS[m.suffix].model_validate_json(m.body)
+        if m.suffix in SIGNED_DEVICE_SUFFIXES:
+            SignedEnvelope.model_validate_json(m.payload)
+            header, _ = verify_device_message(up_key(device_key("VM1")), m.payload)
+            assert header.mid == "VM1"
+            # a resend repeats its seq with the very same bytes; nothing else shares a seq
+            assert by_seq.setdefault(header.seq, m.payload) == m.payload
+            # the other direction's key (and the bare secret) does not verify it
+            for wrong in (down_key(device_key("VM1")), device_key("VM1")):
+                with pytest.raises(SignatureError):
+                    verify_device_message(wrong, m.payload)
+    assert len(by_seq) >= 4  # two inventories, a result and a credit
     # the last will after the device stopped (SIGTERM: the broker saw the link drop)
     offline = await gateway.wait_message("VM1", topics.PRESENCE, online=False, start=mark)
     assert Presence.model_validate_json(offline.payload).online is False

@@ -22,7 +22,7 @@ async def test_power_cut_at_motor_reports_unknown_and_never_reruns(
         mark = len(gateway.received)
         await device.start()
         msg = await gateway.wait_message("VM1", topics.DISPENSE_RESULT, id=cmd_id, start=mark)
-        result = DispenseResult.model_validate_json(msg.payload)
+        result = DispenseResult.model_validate_json(msg.body)
         assert (result.result, result.reason) == ("unknown", "power_loss")
         online = await gateway.wait_message("VM1", topics.PRESENCE, online=True, start=mark)
         assert Presence.model_validate_json(online.payload).boot == 2
@@ -34,7 +34,7 @@ async def test_power_cut_at_motor_reports_unknown_and_never_reruns(
         await gateway.send("VM1", payload)
         await gateway.wait_log("VM1", f"replayed command {cmd_id}", start=mark)
         again = await gateway.wait_message("VM1", topics.DISPENSE_RESULT, id=cmd_id, start=mark)
-        assert DispenseResult.model_validate_json(again.payload).result == "unknown"
+        assert DispenseResult.model_validate_json(again.body).result == "unknown"
 
         # and a fresh command still works after the restart
         next_id, next_payload = gateway.command("VM1")
@@ -55,7 +55,7 @@ async def test_unacked_results_survive_restart_and_are_republished(
         first = await gateway.wait_message("VM1", topics.DISPENSE_RESULT, id=cmd_id)
         await device.sim("coin", amount=2000)
         cash = await gateway.wait_message("VM1", topics.CASH_CREDIT, amount=2000)
-        cash_id = CashCredit.model_validate_json(cash.payload).id
+        cash_id = CashCredit.model_validate_json(cash.body).id
         await device.kill()
 
         mark = len(gateway.received)
@@ -75,7 +75,7 @@ async def test_unacked_results_survive_restart_and_are_republished(
         mark = len(gateway.received)
         await device.sim("coin", amount=100)  # its resends mark the passing rounds
         probe = await gateway.wait_message("VM1", topics.CASH_CREDIT, amount=100, start=mark)
-        probe_id = CashCredit.model_validate_json(probe.payload).id
+        probe_id = CashCredit.model_validate_json(probe.body).id
 
         def resent_twice(_m: object) -> bool:
             return len(gateway.events("VM1", topics.CASH_CREDIT, probe_id, mark)) >= 3

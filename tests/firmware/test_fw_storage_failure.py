@@ -20,7 +20,7 @@ async def test_command_refused_for_storage_never_runs_later(
         cmd_id, payload = gateway.command("VM1", slot="A1")
         await gateway.send("VM1", payload)
         msg = await gateway.wait_message("VM1", topics.DISPENSE_RESULT, id=cmd_id)
-        result = DispenseResult.model_validate_json(msg.payload)
+        result = DispenseResult.model_validate_json(msg.body)
         assert (result.result, result.reason) == ("failed", "storage")
         assert device.motor_runs(cmd_id) == 0
 

@@ -58,7 +58,7 @@ async def test_offline_telemetry_drops_oldest_but_cash_is_kept(tmp_path: Path) -
 
                 def all_cash(m: object) -> bool:
                     amounts = {
-                        CashCredit.model_validate_json(c.payload).amount
+                        CashCredit.model_validate_json(c.body).amount
                         for c in gateway.messages("VM1", topics.CASH_CREDIT)
                     }
                     return amounts == {100 + n for n in range(COINS)}
