@@ -25,7 +25,7 @@ from cloud.pki import CertificateAuthority
 from cloud.routes import auth, claims, gateways, machines, orders, sites, users
 from cloud.settings import CloudSettings
 from cloud.storage import prepare_storage
-from cloud.sync import channel
+from cloud.sync import channel, dead_letter_routes
 from cloud.sync import routes as sync_routes
 from cloud.sync.hub import ChannelHub
 from contracts.sealing import SealingError
@@ -39,6 +39,7 @@ PUBLIC_APIS: tuple[Api, ...] = (
     machines.api,
     orders.api,
     claims.api,
+    dead_letter_routes.api,
 )
 SYNC_APIS: tuple[Api, ...] = (sync_routes.api, channel.api)
 OPENAPI = web.AppKey("openapi", dict)

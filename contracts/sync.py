@@ -5,7 +5,8 @@ Paths (cloud):
   ``EnrollRequest`` -> ``EnrollResponse``.
 - ``POST /sync/v1/events`` (mTLS listener): ``PushBatch`` -> ``PushAck``. Events are stored
   deduplicated by ``event_id``; ``ack_seq`` is the gateway's high-water mark: every event with
-  ``seq <= ack_seq`` is durably stored, so the gateway may forget them. Replaying a batch is safe.
+  ``seq <= ack_seq`` is durably stored or listed in ``rejected`` (kept in the cloud's dead
+  letters), so the gateway may forget them. Replaying a batch is safe.
 - ``GET /sync/v1/state?cursor=N`` (mTLS): ``StateResponse`` with every machine of the gateway's
   site whose version is greater than ``N``; the gateway stores the returned ``cursor``.
 - ``POST /sync/v1/payments`` (mTLS): ``PaymentCreate`` -> ``PaymentIntent``; idempotent on
@@ -77,10 +78,21 @@ class PushBatch(_Model):
     events: Annotated[list[OutboxEvent], Field(min_length=1, max_length=MAX_BATCH)]
 
 
+class RejectedEvent(_Model):
+    """One event of a batch the cloud could not accept. It is kept in the cloud's dead letters
+    and not stored as synced; the batch goes on and ``ack_seq`` still passes it."""
+
+    event_id: str
+    seq: StrictInt
+    code: str  # e.g. validation_error (contract), not_storable / apply_failed (cannot apply)
+    message: str
+
+
 class PushAck(_Model):
-    ack_seq: StrictInt  # high-water mark: all events with seq <= ack_seq are stored
+    ack_seq: StrictInt  # high-water mark: all events with seq <= ack_seq are stored or rejected
     accepted: StrictInt  # new events stored by this request
     duplicates: StrictInt  # events already stored before (replays)
+    rejected: list[RejectedEvent] = Field(default_factory=list)  # dead-lettered by the cloud
 
 
 # Units of one item in one order; the kiosk API refuses more, so the cloud never sees more.

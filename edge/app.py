@@ -117,7 +117,9 @@ class Gateway:
         if settings.cloud_url:
             if CloudLink is None:
                 raise GatewayError("cloud_url is set but the cloud link is not installed")
-            self._cloud = await stack.enter_async_context(CloudLink(settings, self.store))
+            self._cloud = await stack.enter_async_context(
+                CloudLink(settings, self.store, self.metrics)
+            )
             payments = payments or self._cloud
 
         self._engine = VendEngine(settings, self.store, self._link, payments, self.metrics)
@@ -176,14 +178,25 @@ class Gateway:
             store_ok = await self.store.ping()
             backlog = await self.store.outbox_backlog()
             devices = await self.store.device_counts()
+            dead = await self.store.dead_letter_count()
         except Exception:
-            store_ok, backlog, devices = False, -1, {"online": 0, "offline": 0}
+            store_ok, backlog, devices, dead = False, -1, {"online": 0, "offline": 0}, 0
         link_ok = self._link is not None and self._link.connected
         broker_running = self._broker.running if self._broker is not None else None
         cloud = self._cloud.status() if self._cloud is not None else {"configured": False}
-        healthy = store_ok and link_ok and broker_running is not False
+        healthy = store_ok and link_ok and broker_running is not False and dead == 0
+        self.metrics.dead_letters.set(dead)
         return {
             "status": "ok" if healthy else "degraded",
+            # Events the cloud refused sit aside until someone fixes and retries them.
+            "dead_letters": {
+                "count": dead,
+                "reason": (
+                    f"{dead} sync event(s) refused by the cloud: vending-gateway dead-letters list"
+                    if dead
+                    else None
+                ),
+            },
             "broker": {
                 "mode": "external" if self.settings.external_broker_url else "embedded",
                 "port": self.mqtt_port,

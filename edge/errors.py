@@ -13,6 +13,17 @@ class CloudRejected(GatewayError):
     """The cloud answered with a 4xx: retrying the same request will not help."""
 
 
+class CloudRefusedRequest(CloudRejected):
+    """The cloud refused the request with an HTTP error status (its envelope's code and
+    message kept), as opposed to an answer the gateway could not read."""
+
+    def __init__(self, text: str, *, status: int, code: str, message: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
 class NotEnrolled(GatewayError):
     """The gateway has no client certificate yet and no enrolment token to get one."""
 

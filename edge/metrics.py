@@ -69,6 +69,19 @@ class GatewayMetrics:
             "Outbox events not yet acknowledged by the cloud",
             registry=self.registry,
         )
+        # Sync dead letters (edge.store.dead_letters): events the cloud refused, set aside.
+        self.dead_letters = Gauge(
+            "gateway_dead_letters",
+            "Outbox events the cloud refused, waiting in the dead letters for a retry",
+            registry=self.registry,
+        )
+        self.events_dead_lettered = Counter(
+            "gateway_events_dead_lettered",
+            "Outbox events moved to the dead letters, by source (cloud: named rejected by the"
+            " cloud; isolated: found by splitting a batch the cloud refused whole)",
+            ["source"],
+            registry=self.registry,
+        )
         self.devices = Gauge(
             "gateway_devices", "Machines by presence", ["state"], registry=self.registry
         )

@@ -23,13 +23,15 @@ class Permission(StrEnum):
     PAYMENTS_READ = "payments:read"
     # The login audit holds e-mails and client addresses: admins only.
     LOGINS_AUDIT = "audit:logins"
+    # Dead letters hold raw events (customer names, phone numbers): not for viewers.
+    SYNC_DEAD_LETTERS = "sync:dead-letters"
 
 
 _READ = frozenset(p for p in Permission if p.value.endswith(":read"))
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.OPERATOR: _READ | {Permission.MACHINES_WRITE},
+    Role.OPERATOR: _READ | {Permission.MACHINES_WRITE, Permission.SYNC_DEAD_LETTERS},
     Role.VIEWER: _READ,
 }
 

@@ -328,3 +328,30 @@ machine_claims = sa.Table(
     sa.Column("created_by", Id, nullable=True),
     sa.Column("created_at", Ts, nullable=False),
 )
+
+# Pushed events the cloud could not accept (contract violation) or apply (database refused a
+# value, a bug). Kept aside so the rest of the gateway's batch flows on; listed and retried by
+# the tenant's operators. ``payload`` is the event as received (JSON text, clipped to
+# ``cloud.sync.dead_letters.MAX_RAW``), ``state`` open or resolved.
+sync_dead_letters = sa.Table(
+    "sync_dead_letters",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False),
+    sa.Column("site_id", Id, sa.ForeignKey("sites.id"), nullable=False),
+    sa.Column("gateway_id", Id, sa.ForeignKey("gateways.id"), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("payload_truncated", sa.Boolean, nullable=False),
+    sa.Column("error_code", sa.String(64), nullable=False),
+    sa.Column("error_message", sa.String(1000), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("first_seen_at", Ts, nullable=False),
+    sa.Column("last_seen_at", Ts, nullable=False),
+    sa.Column("resolved_at", Ts, nullable=True),
+    sa.UniqueConstraint("gateway_id", "event_id", name="uq_sync_dead_letters_gateway_event"),
+    sa.Index("ix_sync_dead_letters_tenant_state", "tenant_id", "state", "last_seen_at"),
+)

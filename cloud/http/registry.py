@@ -65,6 +65,9 @@ class Endpoint:
     status: int
     permission: Permission | None
     public: bool
+    # The handler reads the body itself (``read_json``) and judges parts of it on their own;
+    # ``body`` still documents it.
+    raw_body: bool = False
     # Error statuses besides those the route's shape implies (400; 401/403 unless public; 404
     # with path parameters), e.g. (409,). None: not declared, the document lists a broad set.
     errors: tuple[int, ...] | None = None
@@ -90,6 +93,7 @@ class Api:
         permission: Permission | None = None,
         public: bool = False,
         errors: tuple[int, ...] | None = None,
+        raw_body: bool = False,
     ) -> Callable[[Handler], Handler]:
         def decorate(handler: Handler) -> Handler:
             self.endpoints.append(
@@ -107,6 +111,7 @@ class Api:
                     permission=permission,
                     public=public,
                     errors=errors,
+                    raw_body=raw_body,
                 )
             )
             return handler
@@ -130,7 +135,7 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
                 raise Forbidden(f"role {call.principal.role} may not {endpoint.permission}")
         if endpoint.query is not None:
             call.query_or_none = _validate(endpoint.query, dict(request.query), "query")
-        if endpoint.body is not None:
+        if endpoint.body is not None and not endpoint.raw_body:
             call.body_or_none = await _read_body(request, endpoint.body)
         result = await endpoint.handler(call)
         if isinstance(result, web.StreamResponse):
@@ -185,6 +190,13 @@ def _refuse_nul(data: Any, where: str) -> None:
 
 
 async def _read_body(request: web.Request, model: type[M]) -> M:
+    data = await read_json(request)
+    _refuse_nul(data, "request body")
+    return _validate(model, data, "request body")
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON (NaN, Infinity and absurd nesting refused), not yet validated."""
     raw = await request.read()
     if not raw.strip():
         raise ValidationFailed("a JSON request body is required")
@@ -194,5 +206,4 @@ async def _read_body(request: web.Request, model: type[M]) -> M:
         raise ValidationFailed("request body is nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed("request body is not valid JSON", details=str(exc)) from exc
-    _refuse_nul(data, "request body")
-    return _validate(model, data, "request body")
+    return data

@@ -1,26 +1,45 @@
-"""Applying a pushed batch of outbox events: stored once by event id, all in one transaction."""
+"""Applying a pushed batch of outbox events, each event on its own, all in one transaction.
 
+Each event is validated and applied by itself: one the cloud cannot accept (contract) or apply
+(the database refuses a value, a bug) goes to the dead letters (``cloud.sync.dead_letters``) and
+is reported back in ``PushAck.rejected``, while the rest of the batch is stored and the
+high-water mark passes it. What is refused for the whole batch: a malformed envelope (400) and
+identity conflicts (409: a machine, order, event, command or credit id that belongs to another
+site, gateway or machine), so nothing of another sender is ever touched.
+"""
+
+import json
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.db import schema as t
 from cloud.db import sealed
 from cloud.db.times import utcnow
-from cloud.errors import Conflict, EventIdConflict, ValidationFailed
+from cloud.errors import Conflict, EventIdConflict, NotFound, ValidationFailed
+from cloud.sync import dead_letters
+from cloud.sync.dead_letters import (
+    DeadLetterNotRetryable,
+    DeadLetterStillFailing,
+    Refusal,
+)
 from cloud.sync.identity import Gateway
 from contracts.sync import (
+    MAX_BATCH,
     CashCreditRecord,
     DispenseRecord,
     InventoryChange,
     OrderSnapshot,
     OutboxEvent,
     PushAck,
-    PushBatch,
+    RejectedEvent,
 )
+
+log = logging.getLogger(__name__)
 
 _PAYLOADS: dict[str, type[BaseModel]] = {
     "order.snapshot": OrderSnapshot,
@@ -35,31 +54,109 @@ _RETRIES = 3
 _NO_RESULT = "no_result"
 
 
+class _EnvelopeEvent(BaseModel):
+    """What the cloud needs of every event before it can judge it alone: where it stands in the
+    gateway's sequence (the high-water mark) and its id (dedupe, dead letters)."""
+
+    model_config = ConfigDict(extra="allow")
+    seq: Annotated[StrictInt, Field(gt=0, le=2**53)]
+    event_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+
+
+class PushEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: Annotated[list[_EnvelopeEvent], Field(min_length=1, max_length=MAX_BATCH)]
+
+
 @dataclass(frozen=True)
 class _Parsed:
     event: OutboxEvent
     payload: Any
+    raw: Any  # as received: what a dead letter keeps
 
 
-def _parse(batch: PushBatch) -> list[_Parsed]:
-    parsed = []
-    for index, event in enumerate(batch.events):
+@dataclass(frozen=True)
+class _Refused:
+    seq: int
+    event_id: str
+    raw: Any
+    refusal: Refusal
+
+
+class _EventRefused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+def _has_nul(data: Any) -> bool:
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _describe(exc: ValidationError) -> str:
+    # No input echo: the text goes to logs, API answers and the gateway's dead letters.
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '(event)'}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)[:5]
+    ]
+    return "; ".join(parts)
+
+
+def parse_event(raw: Any) -> _Parsed:
+    """One event against the contract; raises ``_EventRefused`` (validation_error)."""
+    if _has_nul(raw):
+        # PostgreSQL text cannot hold NUL, so neither database may store it.
+        raise _EventRefused(Refusal("validation_error", "the event contains a NUL character"))
+    try:
+        event = OutboxEvent.model_validate(raw)
+        payload = _PAYLOADS[event.type].model_validate(event.payload)
+    except ValidationError as exc:
+        type_ = raw.get("type") if isinstance(raw, dict) else None
+        raise _EventRefused(
+            Refusal("validation_error", f"invalid {type_} event: {_describe(exc)}"[:1000])
+        ) from exc
+    return _Parsed(event, payload, raw)
+
+
+def _parse(envelope: PushEnvelope, body: Any) -> list[_Parsed | _Refused]:
+    items: list[_Parsed | _Refused] = []
+    for head, raw in zip(envelope.events, body["events"], strict=True):
         try:
-            payload = _PAYLOADS[event.type].model_validate(event.payload)
-        except ValidationError as exc:
-            raise ValidationFailed(
-                f"event {event.event_id} has an invalid {event.type} payload",
-                details={
-                    "index": index,
-                    "errors": exc.errors(include_url=False, include_input=False),
-                },
-            ) from exc
-        parsed.append(_Parsed(event, payload))
-    return parsed
+            items.append(parse_event(raw))
+        except _EventRefused as exc:
+            items.append(_Refused(head.seq, head.event_id, raw, exc.refusal))
+    return items
+
+
+def read_envelope(body: Any) -> PushEnvelope:
+    """The batch-level check: a malformed envelope is still a 400 for the whole batch."""
+    try:
+        return PushEnvelope.model_validate(body)
+    except ValidationError as exc:
+        raise ValidationFailed(
+            "invalid push batch",
+            details=[
+                {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_url=False, include_input=False, include_context=False)
+            ],
+        ) from exc
 
 
 async def _check_machines(conn: AsyncConnection, gateway: Gateway, events: list[_Parsed]) -> None:
     wanted = {p.payload.machine_id for p in events}
+    if not wanted:
+        return
     rows = await conn.execute(
         sa.select(t.machines.c.id).where(
             t.machines.c.id.in_(wanted), t.machines.c.site_id == gateway.site_id
@@ -216,9 +313,55 @@ async def _apply(conn: AsyncConnection, gateway: Gateway, parsed: _Parsed) -> No
         )
 
 
-async def _store(conn: AsyncConnection, gateway: Gateway, events: list[_Parsed]) -> PushAck:
-    await _check_machines(conn, gateway, events)
-    ids = [p.event.event_id for p in events]
+def _is_data_error(exc: sa.exc.DBAPIError) -> bool:
+    """A value the database cannot store (SQLSTATE class 22: too long, out of range, bad
+    encoding). asyncpg errors do not always arrive as ``DataError``, so the code decides."""
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return isinstance(exc, sa.exc.DataError) or str(sqlstate or "").startswith("22")
+
+
+async def _apply_one(conn: AsyncConnection, gateway: Gateway, parsed: _Parsed) -> Refusal | None:
+    """Apply one valid event inside a savepoint, so its failure undoes only itself. Identity
+    conflicts and integrity races still end the whole transaction (409 / a retry)."""
+    try:
+        async with conn.begin_nested():
+            await _apply(conn, gateway, parsed)
+    except Conflict:
+        raise
+    except sa.exc.DBAPIError as exc:
+        if not _is_data_error(exc):
+            # Integrity races, locks, a lost connection: not this event's fault.
+            raise
+        log.warning("event %s not storable: %s", parsed.event.event_id, exc.orig)
+        return Refusal("not_storable", "the database refused a value of this event")
+    except Exception:
+        # A bug in applying one kind of event must not stall the site's whole sync: keep the
+        # event aside; once the cloud is fixed an operator retries it.
+        log.exception("event %s could not be applied", parsed.event.event_id)
+        return Refusal("apply_failed", "the cloud could not apply this event")
+    return None
+
+
+async def _insert_event(conn: AsyncConnection, gateway_id: str, event: OutboxEvent) -> None:
+    await conn.execute(
+        t.sync_events.insert().values(
+            event_id=event.event_id,
+            gateway_id=gateway_id,
+            seq=event.seq,
+            type=event.type,
+            occurred_at=event.occurred_at,
+            payload=sealed.seal_event_payload(conn, event.event_id, event.payload),
+            received_at=utcnow(),
+        )
+    )
+
+
+async def _store(
+    conn: AsyncConnection, gateway: Gateway, items: list[_Parsed | _Refused]
+) -> PushAck:
+    parsed_events = [item for item in items if isinstance(item, _Parsed)]
+    await _check_machines(conn, gateway, parsed_events)
+    ids = [_event_id(item) for item in items]
     known = {
         row.event_id: row.gateway_id
         for row in await conn.execute(
@@ -235,57 +378,152 @@ async def _store(conn: AsyncConnection, gateway: Gateway, events: list[_Parsed])
             details={"event_ids": foreign},
         )
     accepted = duplicates = 0
+    rejected: list[RejectedEvent] = []
+    stored: list[str] = []
     seen: set[str] = set()
-    now = utcnow()
-    for parsed in events:
-        event = parsed.event
-        if event.event_id in known or event.event_id in seen:
+    for item in items:
+        event_id = _event_id(item)
+        if event_id in known or event_id in seen:
             duplicates += 1
             continue
-        seen.add(event.event_id)
-        await conn.execute(
-            t.sync_events.insert().values(
-                event_id=event.event_id,
-                gateway_id=gateway.id,
-                seq=event.seq,
-                type=event.type,
-                occurred_at=event.occurred_at,
-                payload=sealed.seal_event_payload(conn, event.event_id, event.payload),
-                received_at=now,
+        seen.add(event_id)
+        if isinstance(item, _Parsed):
+            refused = await _apply_one(conn, gateway, item)
+            if refused is None:
+                await _insert_event(conn, gateway.id, item.event)
+                stored.append(event_id)
+                accepted += 1
+                continue
+            item = _Refused(item.event.seq, event_id, item.raw, refused)
+        await dead_letters.record(conn, gateway, item.seq, event_id, item.raw, item.refusal)
+        rejected.append(
+            RejectedEvent(
+                event_id=event_id,
+                seq=item.seq,
+                code=item.refusal.code,
+                message=item.refusal.message,
             )
         )
-        await _apply(conn, gateway, parsed)
-        accepted += 1
-    high = max(p.event.seq for p in events)
+    await dead_letters.resolve(conn, gateway.id, stored)
+    high = max(item.event.seq if isinstance(item, _Parsed) else item.seq for item in items)
+    ack_seq = await _advance(conn, gateway.id, high)
+    return PushAck(ack_seq=ack_seq, accepted=accepted, duplicates=duplicates, rejected=rejected)
+
+
+def _event_id(item: _Parsed | _Refused) -> str:
+    return item.event.event_id if isinstance(item, _Parsed) else item.event_id
+
+
+async def _advance(conn: AsyncConnection, gateway_id: str, high: int) -> int:
+    now = utcnow()
     previous = await conn.scalar(
         sa.select(t.gateway_sync_state.c.ack_seq).where(
-            t.gateway_sync_state.c.gateway_id == gateway.id
+            t.gateway_sync_state.c.gateway_id == gateway_id
         )
     )
     ack_seq = max(high, previous or 0)
     if previous is None:
         await conn.execute(
             t.gateway_sync_state.insert().values(
-                gateway_id=gateway.id, ack_seq=ack_seq, updated_at=now
+                gateway_id=gateway_id, ack_seq=ack_seq, updated_at=now
             )
         )
-    else:
+    elif ack_seq != previous:
         await conn.execute(
             t.gateway_sync_state.update()
-            .where(t.gateway_sync_state.c.gateway_id == gateway.id)
+            .where(t.gateway_sync_state.c.gateway_id == gateway_id)
             .values(ack_seq=ack_seq, updated_at=now)
         )
-    return PushAck(ack_seq=ack_seq, accepted=accepted, duplicates=duplicates)
+    return ack_seq
 
 
-async def store_batch(engine: AsyncEngine, gateway: Gateway, batch: PushBatch) -> PushAck:
-    events = _parse(batch)
+async def store_batch(engine: AsyncEngine, gateway: Gateway, body: Any) -> PushAck:
+    """Store a pushed batch (the JSON body as parsed): 400 for a malformed envelope, 409 for an
+    identity conflict, otherwise each event stored, deduplicated or dead-lettered."""
+    items = _parse(read_envelope(body), body)
     for attempt in range(_RETRIES):
         try:
             async with engine.begin() as conn:
-                return await _store(conn, gateway, events)
+                return await _store(conn, gateway, items)
         except sa.exc.IntegrityError as exc:
             # A concurrent push of the same events won the race; the retry sees them as known.
             if attempt == _RETRIES - 1:
                 raise Conflict("concurrent push of the same events; retry") from exc
     raise AssertionError("unreachable")
+
+
+async def retry_dead_letter(engine: AsyncEngine, tenant_id: str, letter_id: str) -> Any:
+    """Apply a dead letter's stored event again (after its cause was fixed in the cloud).
+
+    Exactly once: an event the gateway meanwhile delivered is only marked resolved. A refusal
+    counts as one more attempt and raises ``DeadLetterStillFailing``; the letter stays open."""
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                sa.select(t.sync_dead_letters).where(
+                    t.sync_dead_letters.c.id == letter_id,
+                    t.sync_dead_letters.c.tenant_id == tenant_id,
+                )
+            )
+        ).first()
+        if row is None:
+            raise NotFound("no such dead letter")
+        if row.state != dead_letters.OPEN:
+            raise DeadLetterNotRetryable("the dead letter is resolved already")
+        if row.payload_truncated:
+            raise DeadLetterNotRetryable(
+                "the stored event was clipped; retry it from the gateway, which holds all of it"
+            )
+        gateway = Gateway(id=row.gateway_id, tenant_id=row.tenant_id, site_id=row.site_id)
+        owner = await conn.scalar(
+            sa.select(t.sync_events.c.gateway_id).where(t.sync_events.c.event_id == row.event_id)
+        )
+        refusal: Refusal | None = None
+        if owner is None:
+            payload = dead_letters.opened_text(conn, gateway.id, row.event_id, row.payload)
+            refusal = await _retry_apply(conn, gateway, payload)
+        elif owner != gateway.id:
+            refusal = Refusal("event_id_conflict", "the event id is stored for another gateway")
+        if refusal is None:
+            await dead_letters.resolve(conn, gateway.id, [row.event_id])
+        else:
+            await conn.execute(
+                t.sync_dead_letters.update()
+                .where(t.sync_dead_letters.c.id == row.id)
+                .values(
+                    attempts=t.sync_dead_letters.c.attempts + 1,
+                    error_code=refusal.code,
+                    error_message=refusal.message[: dead_letters.MAX_MESSAGE],
+                    last_seen_at=utcnow(),
+                )
+            )
+        result = (
+            await conn.execute(
+                sa.select(t.sync_dead_letters).where(t.sync_dead_letters.c.id == row.id)
+            )
+        ).one()
+    if refusal is not None:
+        raise DeadLetterStillFailing(
+            f"still refused: {refusal.message}",
+            details={"code": refusal.code, "message": refusal.message},
+        )
+    return result
+
+
+async def _retry_apply(conn: AsyncConnection, gateway: Gateway, payload: str) -> Refusal | None:
+    try:
+        parsed = parse_event(json.loads(payload))
+    except _EventRefused as exc:
+        return exc.refusal
+    except ValueError:
+        return Refusal("validation_error", "the stored event is not valid JSON")
+    try:
+        # In a savepoint: a conflict refuses this retry, and the letter still records it.
+        async with conn.begin_nested():
+            await _check_machines(conn, gateway, [parsed])
+            refused = await _apply_one(conn, gateway, parsed)
+    except Conflict as exc:
+        return Refusal(exc.code, exc.message)
+    if refused is None:
+        await _insert_event(conn, gateway.id, parsed.event)
+    return refused

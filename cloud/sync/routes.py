@@ -11,7 +11,7 @@ from cloud.db import sealed
 from cloud.db.machines import catalogs
 from cloud.db.times import as_utc, utcnow
 from cloud.errors import Conflict
-from cloud.http.registry import Api, Call
+from cloud.http.registry import Api, Call, read_json
 from cloud.models.common import MAX_SAFE_INT, Input
 from cloud.payments.provider import PaymentRequest
 from cloud.sync.events import store_batch
@@ -44,10 +44,13 @@ class StateQuery(Input):
     body=PushBatch,
     response=PushAck,
     public=True,
+    # Each event is judged on its own (a bad one is dead-lettered, the rest stored), so the
+    # body is not refused whole for one event's NUL or contract violation.
+    raw_body=True,
 )
 async def push_events(call: Call) -> PushAck:
     gateway = await authenticate_gateway(call.request, call.ctx)
-    return await store_batch(call.ctx.engine, gateway, call.body(PushBatch))
+    return await store_batch(call.ctx.engine, gateway, await read_json(call.request))
 
 
 @api.route(

@@ -111,6 +111,25 @@ def m003_device_sequences(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
+def m004_dead_letters(db: sqlite_utils.Database) -> None:
+    """Outbox events the cloud refused, moved aside so the rest of the outbox flows on
+    (``edge.store.dead_letters``). ``state`` is open until someone retries the event, which puts
+    it back into the outbox under a new seq and the same event id."""
+    statements = [
+        """CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+            seq INTEGER NOT NULL, type TEXT NOT NULL, payload TEXT NOT NULL,
+            occurred_at TEXT NOT NULL, source TEXT NOT NULL, http_status INTEGER,
+            code TEXT NOT NULL, error TEXT NOT NULL, attempts INTEGER NOT NULL,
+            state TEXT NOT NULL, first_failed_at TEXT NOT NULL, last_failed_at TEXT NOT NULL,
+            retried_at TEXT, retried_seq INTEGER)""",
+        "CREATE INDEX dead_letters_state ON dead_letters(state, id)",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
+@migrations()
 def m005_sealed_secrets(db: sqlite_utils.Database) -> None:
     """Command keys and customer phone numbers become sealed values (``edge.store.sealed``):
     the rows written in plaintext before are sealed here with the active master key, which the

@@ -20,10 +20,16 @@ import sqlite_utils
 from contracts.device_messages import CashCredit, DispenseResult
 from contracts.orders import DispenseOutcome, OrderStatus
 from contracts.sealing import KeyRing, SealingError
-from contracts.sync import OutboxEvent, PaymentIntent, PaymentUpdate, StateResponse
+from contracts.sync import (
+    OutboxEvent,
+    PaymentIntent,
+    PaymentUpdate,
+    RejectedEvent,
+    StateResponse,
+)
 from edge.errors import OrderNotFound, StoreError
 from edge.settings import GatewaySettings
-from edge.store import ledger, sealed, sequences, signed
+from edge.store import dead_letters, ledger, sealed, sequences, signed
 from edge.store.changes import ChangeFeed
 from edge.store.dbthread import DbThread
 from edge.store.schema import migrations
@@ -157,6 +163,52 @@ class GatewayStore:
                 "UPDATE outbox SET sent = 1 WHERE seq <= ? AND sent = 0", [ack_seq]
             )
         )
+
+    async def outbox_settled(self, ack_seq: int, rejected: list[RejectedEvent]) -> int:
+        def settle(db: Db) -> int:
+            moved = sum(
+                dead_letters.move_aside(
+                    db,
+                    r.event_id,
+                    source=dead_letters.CLOUD,
+                    http_status=None,
+                    code=r.code,
+                    error=r.message,
+                )
+                for r in rejected
+            )
+            db.execute("UPDATE outbox SET sent = 1 WHERE seq <= ? AND sent = 0", [ack_seq])
+            return moved
+
+        return await self._writer.run(settle)
+
+    async def dead_letter(self, event_id: str, status: int | None, code: str, error: str) -> bool:
+        return await self._writer.run(
+            lambda db: dead_letters.move_aside(
+                db,
+                event_id,
+                source=dead_letters.ISOLATED,
+                http_status=status,
+                code=code,
+                error=error,
+            )
+        )
+
+    async def dead_letter_count(self) -> int:
+        return await self._reader.run(dead_letters.open_count)
+
+    async def list_dead_letters(
+        self, include_retried: bool = False
+    ) -> list[dead_letters.DeadLetter]:
+        return await self._reader.run(
+            lambda db: dead_letters.listing(db, include_retried=include_retried)
+        )
+
+    async def retry_dead_letters(self, ids: list[int] | None = None) -> list[tuple[int, int]]:
+        moved = await self._writer.run(lambda db: dead_letters.retry(db, ids))
+        if moved:
+            self._outbox_event.set()
+        return moved
 
     async def outbox_backlog(self) -> int:
         row = await self._reader.run(

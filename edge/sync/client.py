@@ -28,6 +28,7 @@ from contracts.sync import (
     ChannelMessage,
     EnrollRequest,
     EnrollResponse,
+    OutboxEvent,
     PaymentCreate,
     PaymentIntent,
     PaymentUpdate,
@@ -36,7 +37,15 @@ from contracts.sync import (
     StateResponse,
 )
 from edge.backoff import Backoff
-from edge.errors import CloudRejected, CloudUnavailable, GatewayError, NotEnrolled
+from edge.errors import (
+    CloudRefusedRequest,
+    CloudRejected,
+    CloudUnavailable,
+    GatewayError,
+    NotEnrolled,
+)
+from edge.metrics import GatewayMetrics
+from edge.store import dead_letters
 from edge.sync.identity import Enrollment, Identity
 from edge.sync.ports import SyncStore
 
@@ -47,6 +56,10 @@ M = TypeVar("M", bound=BaseModel)
 REQUEST_TIMEOUT_S = 15.0
 CHANNEL_HEARTBEAT_S = 20.0
 CHANNEL_HEALTHY_S = 30.0
+# Refusals that are about what was sent: a batch refused with one of these is split until the
+# refused event stands alone, and that event is moved to the dead letters. Any other 4xx (401,
+# 403 revoked, 404 no such endpoint, 429) is the link's problem and is retried like a 5xx.
+EVENT_FAULT_STATUSES = frozenset({400, 409, 413, 422})
 
 
 class SyncSettings(Protocol):
@@ -62,13 +75,16 @@ class SyncSettings(Protocol):
 
 
 class CloudLink:
-    def __init__(self, settings: SyncSettings, store: SyncStore) -> None:
+    def __init__(
+        self, settings: SyncSettings, store: SyncStore, metrics: GatewayMetrics | None = None
+    ) -> None:
         if not settings.cloud_url:
             raise NotEnrolled("CloudLink needs settings.cloud_url")
         _require_safe_enrolment_url(settings.cloud_url)
         self._settings = settings
         self._cloud_url = settings.cloud_url.rstrip("/")
         self._store = store
+        self._metrics = metrics
         self._identity = Identity(Path(settings.data_dir) / "cloud")
         self._session: aiohttp.ClientSession | None = None
         self._enrollment: Enrollment | None = None
@@ -83,6 +99,7 @@ class CloudLink:
             "last_pull_at": None,
             "last_error": None,
             "pushed_events": 0,
+            "dead_lettered": 0,  # events moved to the dead letters by this process
         }
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -191,20 +208,59 @@ class CloudLink:
                 await self._store.wait_outbox(max_wait=self._settings.sync_pull_interval_s)
                 continue
             try:
-                ack = await self._sync_call("POST", "/events", PushBatch(events=events), PushAck)
+                await self._push(events)
             except (CloudUnavailable, CloudRejected) as exc:
-                # A rejected batch is not skipped: money events are never dropped. It stays at
-                # the head of the outbox and shows in /health until someone fixes the cause.
+                # Not the events' fault (network, 5xx, revoked certificate, an answer we cannot
+                # read): the batch stays at the head of the outbox and is sent again later.
                 self._note_error(f"push: {exc}")
                 await asyncio.sleep(backoff.next())
                 continue
-            # Never mark more than this batch as sent: after a restored or replaced gateway
-            # database the cloud's remembered high-water mark can lie above events it has never
-            # seen, and trusting it would silently drop them.
-            await self._store.outbox_acknowledged(min(ack.ack_seq, events[-1].seq))
             backoff.reset()
-            self._state["pushed_events"] += ack.accepted
             self._state["last_push_at"] = time.time()
+
+    async def _push(self, events: list[OutboxEvent]) -> None:
+        """Push ``events``; when the cloud refuses the batch whole (an older cloud, or an identity
+        conflict), split it until the refused events stand alone and move those aside, so one
+        bad event never holds back the rest. Each part is acknowledged as it goes."""
+        try:
+            ack = await self._sync_call("POST", "/events", PushBatch(events=events), PushAck)
+        except CloudRefusedRequest as exc:
+            if exc.status not in EVENT_FAULT_STATUSES:
+                raise
+            if len(events) > 1:
+                middle = len(events) // 2
+                await self._push(events[:middle])
+                await self._push(events[middle:])
+                return
+            event = events[0]
+            if await self._store.dead_letter(event.event_id, exc.status, exc.code, exc.message):
+                self._count_dead_letters(dead_letters.ISOLATED, 1)
+                log.warning(
+                    "event %s (%s) refused by the cloud and moved to the dead letters: %s",
+                    event.event_id,
+                    event.type,
+                    exc,
+                )
+            return
+        # Never mark more than this batch as sent: after a restored or replaced gateway
+        # database the cloud's remembered high-water mark can lie above events it has never
+        # seen, and trusting it would silently drop them.
+        mine = {event.event_id for event in events}
+        rejected = [r for r in ack.rejected if r.event_id in mine]
+        moved = await self._store.outbox_settled(min(ack.ack_seq, events[-1].seq), rejected)
+        if moved:
+            self._count_dead_letters(dead_letters.CLOUD, moved)
+            log.warning(
+                "%d event(s) rejected by the cloud, moved to the dead letters: %s",
+                moved,
+                ", ".join(f"{r.event_id} ({r.code})" for r in rejected),
+            )
+        self._state["pushed_events"] += ack.accepted
+
+    def _count_dead_letters(self, source: str, count: int) -> None:
+        self._state["dead_lettered"] += count
+        if self._metrics is not None:
+            self._metrics.events_dead_lettered.labels(source=source).inc(count)
 
     async def _pull_loop(self) -> None:
         backoff = Backoff(0.2, self._settings.sync_backoff_max_s)
@@ -338,7 +394,14 @@ async def _call(
     if status >= 500:
         raise CloudUnavailable(f"{method} {url}: HTTP {status} {_error_text(envelope)}")
     if status >= 400:
-        raise CloudRejected(f"{method} {url}: HTTP {status} {_error_text(envelope)}")
+        error = envelope.get("error")
+        error = error if isinstance(error, dict) else {}
+        raise CloudRefusedRequest(
+            f"{method} {url}: HTTP {status} {_error_text(envelope)}",
+            status=status,
+            code=str(error.get("code") or f"http_{status}"),
+            message=str(error.get("message") or f"HTTP {status}"),
+        )
     try:
         return model.model_validate(envelope.get("data"))
     except ValidationError as exc:

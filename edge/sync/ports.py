@@ -11,6 +11,7 @@ from contracts.sync import (
     PaymentCreate,
     PaymentIntent,
     PaymentUpdate,
+    RejectedEvent,
     StateResponse,
 )
 
@@ -22,6 +23,16 @@ class SyncStore(Protocol):
 
     async def outbox_acknowledged(self, ack_seq: int) -> None:
         """The cloud durably holds every event with ``seq <= ack_seq``; mark them sent."""
+        ...
+
+    async def outbox_settled(self, ack_seq: int, rejected: list[RejectedEvent]) -> int:
+        """In one transaction: move the events the cloud rejected (it keeps them as dead
+        letters) into the gateway's dead letters, then mark the rest up to ``ack_seq`` sent.
+        Returns how many were moved."""
+        ...
+
+    async def dead_letter(self, event_id: str, status: int | None, code: str, error: str) -> bool:
+        """Move one unsent event the cloud refused alone into the dead letters."""
         ...
 
     async def outbox_backlog(self) -> int:

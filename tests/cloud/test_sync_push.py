@@ -118,9 +118,9 @@ async def test_batch_is_stored_once_and_acked(tenant, enroll, cloud):
     ]
     first = await gateway.push(batch)
     assert first.status == 200, first.body
-    assert first.data == {"ack_seq": 4, "accepted": 4, "duplicates": 0}
+    assert first.data == {"ack_seq": 4, "accepted": 4, "duplicates": 0, "rejected": []}
     replay = await gateway.push(batch)
-    assert replay.data == {"ack_seq": 4, "accepted": 0, "duplicates": 4}
+    assert replay.data == {"ack_seq": 4, "accepted": 0, "duplicates": 4, "rejected": []}
     assert await _count(cloud, t.dispense_records, t.dispense_records.c.machine_id == mid) == 1
     assert await _count(cloud, t.cash_credits, t.cash_credits.c.machine_id == mid) == 1
 
@@ -203,16 +203,34 @@ async def test_foreign_machine_refuses_the_whole_batch(tenant, make_tenant, enro
     assert (await tenant.admin.call("GET", "/api/v1/orders/o-ok")).status == 404
 
 
-async def test_malformed_payload_is_400(tenant, enroll):
+async def test_malformed_envelope_is_400_and_a_bad_event_is_rejected_alone(tenant, enroll, cloud):
     site = await tenant.site()
     mid = (await tenant.machine(site["id"]))["machine"]["id"]
     gateway = await enroll(site["id"])
+    # The envelope (a list of events with seq and event id) is still judged whole.
+    assert (await gateway.push([])).status == 400
+    no_seq = event(1, "order.snapshot", order_payload("o-y", mid, version=1))
+    del no_seq["seq"]
+    refused = await gateway.push([no_seq])
+    assert refused.status == 400 and refused.error["code"] == "validation_error"
+
+    # A bad event inside a good envelope is rejected alone: validation_error, no input echoed.
     bad_amount = order_payload("o-x", mid, version=1)
     bad_amount["total_amount"] = 35.5
-    reply = await gateway.push([event(1, "order.snapshot", bad_amount)])
-    assert reply.status == 400
-    assert reply.body["error"]["code"] == "validation_error"
-    unknown_type = await gateway.push([event(1, "order.deleted", {})])
-    assert unknown_type.status == 400
-    empty = await gateway.push([])
-    assert empty.status == 400
+    good = str(uuid.uuid4())
+    batch = [
+        event(1, "order.snapshot", bad_amount),
+        event(2, "order.deleted", {}),
+        event(3, "order.snapshot", order_payload(good, mid, version=1)),
+    ]
+    reply = await gateway.push(batch)
+    assert reply.status == 200, reply.body
+    assert reply.data["ack_seq"] == 3 and reply.data["accepted"] == 1
+    rejected = reply.data["rejected"]
+    assert [(r["event_id"], r["seq"], r["code"]) for r in rejected] == [
+        (batch[0]["event_id"], 1, "validation_error"),
+        (batch[1]["event_id"], 2, "validation_error"),
+    ]
+    assert "35.5" not in str(rejected)
+    assert (await tenant.admin.call("GET", f"/api/v1/orders/{good}")).status == 200
+    assert (await tenant.admin.call("GET", "/api/v1/orders/o-x")).status == 404

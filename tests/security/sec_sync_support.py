@@ -1,0 +1,241 @@
+"""A real cloud (SQLite or PostgreSQL) and a real gateway enrolled with it over mTLS on loopback,
+one machine onboarded, for the sync dead-letter attacks. Import the fixtures explicitly."""
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from polling import wait_for
+
+from cloud.server import CloudServer
+from cloud.settings import CloudSettings
+from edge.app import Gateway
+from edge.settings import GatewaySettings
+from edge.store.dbthread import open_database
+from provisioning.cloud_api import CloudApi
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+ADMIN_EMAIL = "admin@sync-sec.example"
+ADMIN_PASSWORD = "sync security admin password"
+CATALOG = [
+    {"slot": "A1", "name": "Water", "category": "drinks", "price": 2000, "quantity": 5},
+    {"slot": "A2", "name": "Chips", "category": "snacks", "price": 3500, "quantity": 3},
+]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def sync_postgres_url() -> Iterator[str]:
+    """A database of its own per test: each cloud generates its own master key in its data
+    directory, and a database sealed under another test's key would refuse to open."""
+    name = f"vending_secsync_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sync_cloud_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}"
+    return str(request.getfixturevalue("sync_postgres_url"))
+
+
+@dataclass
+class SyncedSite:
+    root: Path
+    cloud: CloudServer
+    admin: CloudApi
+    site_id: str
+    machine_id: str
+    catalog: dict[str, str]  # slot -> catalog item id
+    gateway: Gateway
+    http: aiohttp.ClientSession
+
+    @property
+    def config_file(self) -> Path:
+        """Settings for the CLI: the same database as the running gateway."""
+        path = self.root / "gateway.json"
+        if not path.exists():
+            path.write_text(json.dumps({"data_dir": str(self.gateway.settings.data_dir)}))
+        return path
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``vending-gateway dead-letters ...`` as an operator runs it beside the gateway."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VENDING_GATEWAY_")}
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge",
+                "dead-letters",
+                "--config",
+                str(self.config_file),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            env=env,
+            check=False,
+        )
+
+    def write_outbox(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Append (event id, type, payload) rows in one transaction, through a connection of
+        its own: what an older gateway version or a gateway bug would have left there."""
+        db = open_database(self.gateway.settings.db_path)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for event_id, type_, payload in events:
+                db.execute(
+                    "INSERT INTO outbox (event_id, type, payload, occurred_at) VALUES (?, ?, ?, ?)",
+                    [event_id, type_, json.dumps(payload), datetime.now(UTC).isoformat()],
+                )
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    def gateway_sql(self, sql: str, params: list[Any]) -> None:
+        conn = sqlite3.connect(self.gateway.settings.db_path, timeout=10)
+        try:
+            with conn:
+                conn.execute(sql, params)
+        finally:
+            conn.close()
+
+    async def health(self) -> dict[str, Any]:
+        async with self.http.get("/health") as response:
+            return dict((await response.json())["data"])
+
+    async def kiosk_cash_order(self, slot: str = "A1") -> str:
+        body = {
+            "machine_id": self.machine_id,
+            "items": [{"id": self.catalog[slot], "quantity": 1}],
+            "payment_method": "cash",
+        }
+        async with self.http.post("/api/v1/orders", json=body) as response:
+            payload = await response.json()
+            assert response.status in (200, 201), payload
+            return str(payload["data"]["id"])
+
+    async def cloud_order(self, order_id: str) -> dict[str, Any] | None:
+        orders = await self.admin.request("GET", f"/orders?machine_id={self.machine_id}&limit=200")
+        found = [o for o in orders if o["id"] == order_id]
+        return dict(found[0]) if found else None
+
+    async def cloud_dead_letters(self, state: str = "open") -> list[dict[str, Any]]:
+        return list(await self.admin.request("GET", f"/sync/dead-letters?state={state}"))
+
+
+def gateway_settings(root: Path, cloud_url: str, token: str) -> GatewaySettings:
+    return GatewaySettings(
+        data_dir=root / "gateway",
+        http_port=0,
+        mqtt_port=0,
+        zeroconf_enabled=False,
+        cloud_url=cloud_url,
+        enroll_token=token,
+        gateway_name="sync-sec-gateway",
+        sync_pull_interval_s=0.5,
+        sync_backoff_max_s=1.0,
+        engine_tick_s=0.2,
+    )
+
+
+@pytest.fixture
+async def synced_site(tmp_path: Path, sync_cloud_db: str) -> AsyncIterator[SyncedSite]:
+    settings = CloudSettings(
+        database_url=sync_cloud_db,
+        data_dir=tmp_path / "cloud-data",
+        http_port=0,
+        sync_port=0,
+        jwt_secret="sync-sec-secret-" + "x" * 40,
+        password_hash_time_cost=1,
+        password_hash_memory_cost=8,
+        password_hash_parallelism=1,
+        worker_poll_interval_s=0.2,
+        channel_poll_interval_s=0.2,
+    )
+    suffix = uuid.uuid4().hex[:8]
+    async with contextlib.AsyncExitStack() as stack:
+        cloud = await stack.enter_async_context(CloudServer(settings))
+        email = f"{suffix}-{ADMIN_EMAIL}"
+        await cloud.create_tenant(f"Sync security {suffix}", email, ADMIN_PASSWORD)
+        admin = await stack.enter_async_context(CloudApi(cloud.api_url))
+        await admin.login(email, ADMIN_PASSWORD)
+        site_id = (await admin.create_site(f"Site {suffix}", "Loopback"))["id"]
+        onboarded = await admin.onboard_machine(name="Lobby", site_id=site_id, catalog=CATALOG)
+        machine = onboarded["machine"]
+        token = await admin.enrollment_token(site_id)
+        gateway = await stack.enter_async_context(
+            Gateway(gateway_settings(tmp_path, cloud.api_url, token))
+        )
+
+        async def ready() -> bool:
+            return bool(gateway.cloud.status()["enrolled"]) and bool(
+                await gateway.store.list_machines()
+            )
+
+        await wait_for(ready, within=30)
+        http = await stack.enter_async_context(aiohttp.ClientSession(base_url=gateway.http_url))
+        yield SyncedSite(
+            root=tmp_path,
+            cloud=cloud,
+            admin=admin,
+            site_id=site_id,
+            machine_id=machine["id"],
+            catalog={item["slot"]: item["id"] for item in machine["catalog"]},
+            gateway=gateway,
+            http=http,
+        )
+
+
+def order_snapshot(order_id: str, machine_id: str, catalog_item_id: str) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat()
+    return {
+        "id": order_id,
+        "machine_id": machine_id,
+        "status": "completed",
+        "payment_method": "cash",
+        "total_amount": 2000,
+        "paid_amount": 2000,
+        "currency": "INR",
+        "customer_name": "Eve",
+        "items": [
+            {
+                "id": f"{order_id}-1",
+                "catalog_item_id": catalog_item_id,
+                "slot": "A1",
+                "name": "Water",
+                "unit_price": 2000,
+                "quantity": 1,
+                "dispensed": 1,
+                "dispense_status": "dispensed",
+            }
+        ],
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+    }
