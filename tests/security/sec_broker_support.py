@@ -31,6 +31,7 @@ from polling import wait_for
 from standalone_site import MachineCreds
 
 from contracts.credentials import new_mqtt_secret
+from contracts.sync import PaymentCreate, PaymentIntent, PaymentUpdate
 from edge.app import Gateway
 from edge.broker.mosquitto import LISTENER_CONFIG, render_acl, required_config
 from edge.sync.ports import PaymentsPort
@@ -186,7 +187,7 @@ async def running_site(
 # --- raw MQTT 3.1.1 ----------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     out = bytearray()
     while True:
         byte, n = n % 128, n // 128
@@ -195,13 +196,13 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _str(text: str | bytes) -> bytes:
+def mqtt_string(text: str | bytes) -> bytes:
     data = text.encode() if isinstance(text, str) else text
     return struct.pack("!H", len(data)) + data
 
 
 def packet(kind: int, flags: int, body: bytes) -> bytes:
-    return bytes([(kind << 4) | flags]) + _varint(len(body)) + body
+    return bytes([(kind << 4) | flags]) + varint(len(body)) + body
 
 
 @dataclass(frozen=True)
@@ -222,22 +223,22 @@ def connect_packet(
     keepalive: int = 60,
 ) -> bytes:
     flags = 0x02 if clean else 0
-    payload = _str(client_id)
+    payload = mqtt_string(client_id)
     if will is not None:
         flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
-        payload += _str(will.topic) + _str(will.message)
+        payload += mqtt_string(will.topic) + mqtt_string(will.message)
     if username is not None:
         flags |= 0x80
-        payload += _str(username)
+        payload += mqtt_string(username)
     if password is not None:
         flags |= 0x40
-        payload += _str(password)
-    head = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
+        payload += mqtt_string(password)
+    head = mqtt_string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
     return packet(1, 0, head + payload)
 
 
 def publish_packet(topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> bytes:
-    body = _str(topic) + (struct.pack("!H", 1) if qos else b"") + payload
+    body = mqtt_string(topic) + (struct.pack("!H", 1) if qos else b"") + payload
     return packet(PUBLISH, (qos << 1) | (1 if retain else 0), body)
 
 
@@ -284,7 +285,7 @@ class RawConnection:
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> int:
         self._pid += 1
-        body = struct.pack("!H", self._pid) + _str(topic_filter) + bytes([qos])
+        body = struct.pack("!H", self._pid) + mqtt_string(topic_filter) + bytes([qos])
         await self.send(packet(SUBSCRIBE, 2, body))
         return (await self.expect(SUBACK))[-1]
 
@@ -312,8 +313,11 @@ class RawConnection:
     async def collect(self, within: float) -> list[tuple[int, int, bytes]]:
         """Every packet until ``within`` seconds pass without one, or the connection closes."""
         got = []
-        while (item := await self.read_packet(within)) is not None:
-            got.append(item)
+        try:
+            while (item := await self.read_packet(within)) is not None:
+                got.append(item)
+        except TimeoutError:
+            pass
         return got
 
     async def close(self) -> None:
@@ -440,3 +444,61 @@ async def finished(site: Site, order_id: str, within: float = 40) -> str:
         return status if status in {"completed", "refund_pending", "failed"} else None
 
     return await wait_for(terminal, within=within)  # type: ignore[no-any-return]
+
+
+class SandboxPayments:
+    """The payment port the cloud link would be: sandbox intents, captured by the test."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def create_payment(self, request: PaymentCreate) -> PaymentIntent:
+        self.count += 1
+        return PaymentIntent(
+            payment_id=f"pay_{self.count}",
+            order_id=request.order_id,
+            provider="sandbox",
+            status="created",
+            amount=request.amount,
+            currency=request.currency,
+            qr_payload=f"upi://pay?am={request.amount}",
+        )
+
+
+async def capture(site: Site, order: dict[str, Any], amount: int) -> None:
+    """The provider's capture, as the cloud's push channel would deliver it."""
+    update = PaymentUpdate(
+        payment_id=order["payment"]["payment_id"],
+        order_id=order["id"],
+        machine_id="M1",
+        status="captured",
+        amount=amount,
+        currency="INR",
+        provider="sandbox",
+    )
+    await site.gateway.store.apply_payment_update("chan-1", update)
+
+
+@contextlib.asynccontextmanager
+async def refused_connect_storm(
+    site: Site, creds: dict[str, MachineCreds], interval: float = 0.3
+) -> AsyncIterator[list[int | None]]:
+    """Refused CONNECTs with M1's client id (every variant in turn) until the block ends;
+    yields the CONNACK codes received so far."""
+    answers: list[int | None] = []
+
+    async def storm() -> None:
+        attacks = [attack_connect(creds, v, r) for v in VARIANTS for r in (False, True)]
+        n = 0
+        while True:
+            answers.append(await refused_connect(site.port, attacks[n % len(attacks)]))
+            n += 1
+            await asyncio.sleep(interval)  # the attacker's pace, not a wait for a condition
+
+    task = asyncio.create_task(storm())
+    try:
+        yield answers
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
