@@ -47,7 +47,9 @@ class CloudSettings(BaseSettings):
     # At most this many hashes run at once (threads off the event loop); a caller waits for a
     # slot at most ``password_hash_wait_s`` and then gets 503, so a guessing burst cannot
     # starve everyone else.
-    password_hash_concurrency: int = Field(default=2, ge=1)
+    # One hash (itself 4 lanes wide) per process is measured best on 2 cores
+    # (docs/benchmarks.md); raise it on bigger machines.
+    password_hash_concurrency: int = Field(default=1, ge=1)
     password_hash_wait_s: float = Field(default=10.0, gt=0)
 
     # Login throttling (docs/cloud-api.md "Login throttling"). After ``*_free_failures`` a key

@@ -29,7 +29,7 @@ class Passwords:
         memory_cost: int,
         parallelism: int,
         *,
-        concurrency: int = 2,
+        concurrency: int = 1,
         wait_s: float = 10.0,
     ) -> None:
         self._hasher = PasswordHasher(

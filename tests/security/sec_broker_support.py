@@ -37,7 +37,10 @@ from edge.broker.mosquitto import LISTENER_CONFIG, render_acl, required_config
 from edge.sync.ports import PaymentsPort
 from tools.virtual_esp32 import VirtualDevice
 
-__all__ = ["make_machine"]  # re-exported for the tests (tests/edge is not on their path)
+__all__ = [
+    "gateway_settings",
+    "make_machine",
+]  # re-exported for the tests (tests/edge is not on their path)
 
 BrokerKind = Literal["amqtt", "mosquitto"]
 BROKERS: tuple[BrokerKind, ...] = ("amqtt", "mosquitto")
