@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -51,6 +52,8 @@ from provisioning.session import logged_in
 from provisioning.slots_template import parse_slots
 from provisioning.tool_runner import show
 
+PASSWORD_ENV = "VENDCTL_PASSWORD"
+WIFI_PASSWORD_ENV = "VENDCTL_WIFI_PASSWORD"
 CLAIM_TTL_DEFAULT_S = 900
 CLAIM_TTL_MAX_S = 3600
 Command = Callable[[argparse.Namespace], int]
@@ -75,11 +78,22 @@ def _cloud_url(text: str) -> str:
 # --- login -------------------------------------------------------------------------------------
 
 
+def _read_password(args: argparse.Namespace) -> str:
+    """``--password`` (visible in ``ps`` to every local user: for throwaway setups only), else
+    ``$VENDCTL_PASSWORD``, else a prompt on a terminal, else the first line of stdin."""
+    if args.password is not None:
+        return str(args.password)
+    from_env = os.environ.get(PASSWORD_ENV)
+    if from_env:
+        return from_env
+    if sys.stdin is not None and not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    return getpass.getpass(f"password for {args.email}: ")
+
+
 def cmd_login(args: argparse.Namespace) -> int:
     cloud_url = _cloud_url(args.cloud)
-    password = args.password
-    if password is None:
-        password = getpass.getpass(f"password for {args.email}: ")
+    password = _read_password(args)
     if not password:
         raise InvalidInput("empty password")
 
@@ -166,8 +180,12 @@ def _device_settings(pairs: Sequence[str]) -> dict[str, Any]:
 def cmd_onboard(args: argparse.Namespace) -> int:
     catalog = parse_slots(args.slots) if args.slots is not None else []
     extra_settings = _device_settings(args.set or [])
+    if args.wifi_password is None and args.wifi_ssid:
+        args.wifi_password = os.environ.get(WIFI_PASSWORD_ENV)
     if bool(args.wifi_ssid) != bool(args.wifi_password is not None):
-        raise InvalidInput("give --wifi-ssid and --wifi-password together")
+        raise InvalidInput(
+            f"give --wifi-ssid with the Wi-Fi password (${WIFI_PASSWORD_ENV}, or --wifi-password)"
+        )
     if not 60 <= args.claim_ttl <= CLAIM_TTL_MAX_S:
         raise InvalidInput(f"--claim-ttl must be between 60 and {CLAIM_TTL_MAX_S} seconds")
     if not 1 <= args.mqtt_port <= 65535:
@@ -426,7 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("login", help="log in to a cloud and remember it")
     p.add_argument("--cloud", required=True, help="cloud API URL, e.g. https://cloud.example")
     p.add_argument("--email", required=True)
-    p.add_argument("--password", help="prompted for when left out")
+    p.add_argument(
+        "--password",
+        help=f"avoid (other users see it in ps): ${PASSWORD_ENV}, stdin or a prompt is used "
+        "when left out",
+    )
     p.set_defaults(func=cmd_login)
 
     p = sub.add_parser("logout", help="revoke the stored login and forget it")
@@ -447,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--slots", help="A1:Water:2000:10,A2:Chips:3000:5 (slot:name:paise:qty) or .json"
     )
     p.add_argument("--wifi-ssid")
-    p.add_argument("--wifi-password")
+    p.add_argument("--wifi-password", help=f"avoid (visible in ps): use ${WIFI_PASSWORD_ENV}")
     p.add_argument("--mqtt-host", default=DEFAULT_MQTT_HOST, action=_HostAction)
     p.add_argument("--mqtt-port", type=int, default=DEFAULT_MQTT_PORT)
     p.add_argument("--out", help="bundle file (default ./<machine_id>.bundle.json)")

@@ -7,24 +7,36 @@ real ``mpremote``, and waits until both machines are online at the gateway. Then
 kiosk URL, the cloud URL and the admin credentials, writes them to ``<demo dir>/demo.json``, and
 keeps everything running until Ctrl-C (SIGINT) or SIGTERM, when it stops every process it started.
 
-Ports: the usual defaults (cloud 8080/8443, gateway 8000, broker 1883) when they are free, else
-free ones chosen by the system. ``VENDING_DEMO_DIR`` (default ``var``) holds all demo state.
+Ports: each process binds the usual default (cloud 8080/8443, gateway 8000, broker 1883; or
+``VENDING_DEMO_CLOUD_PORT``, ``..._SYNC_PORT``, ``..._GATEWAY_PORT``, ``..._MQTT_PORT``) itself;
+if that fails it is started again on ports the system picks (0), and the demo reads the ports it
+really bound from its own output. No port is probed first, so nothing can take one between a
+check and the bind, and the demo checks the listener it talks to belongs to the process it
+started. ``VENDING_DEMO_DIR`` (default ``var``) holds all demo state.
+
+One demo per demo directory: ``<demo dir>/demo.lock`` is held (flock) while a demo runs, and a
+second one refuses to start, naming the first one's pid. ``demo.json`` is removed at stop.
+
+Secrets: everything the demo creates is owner-only (umask 077, inherited by every process it
+starts); the admin password reaches ``vending-cloud create-tenant`` and ``vendctl login`` through
+their environment, never their command line, and recorded output is redacted.
 """
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 
@@ -39,42 +51,117 @@ MACHINES = (
 )
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+LOCK_NAME = "demo.lock"
+INFO_NAME = "demo.json"
+# What the processes print once their listeners are bound (cloud/__main__.py, edge/__main__.py).
+CLOUD_READY = re.compile(r"^cloud API (http://\S+)  sync (https://\S+)$")
+GATEWAY_READY = re.compile(r"gateway up: kiosk (http://\S+), mqtt port (\d+)$")
+# The environment variables the child commands read the password from (never argv).
+CLOUD_ADMIN_PASSWORD_ENV = "VENDING_CLOUD_ADMIN_PASSWORD"
+VENDCTL_PASSWORD_ENV = "VENDCTL_PASSWORD"
+REDACTED = "[redacted]"
 
 
 class DemoError(Exception):
     """The demo could not be brought up; the message says which step failed."""
 
 
-@dataclass
-class Ports:
+class DemoLocked(DemoError):
+    """Another demo runs with the same demo directory."""
+
+
+@dataclass(frozen=True)
+class PreferredPorts:
     cloud_api: int
     cloud_sync: int
     gateway_http: int
     mqtt: int
 
+    @classmethod
+    def from_env(cls) -> "PreferredPorts":
+        def port(name: str, default: int) -> int:
+            text = os.environ.get(f"VENDING_DEMO_{name}_PORT", "")
+            if not text:
+                return default
+            if not text.isdigit() or not 0 <= int(text) <= 65535:
+                raise DemoError(f"VENDING_DEMO_{name}_PORT must be a port number, not {text!r}")
+            return int(text)
 
-def _free_or_ephemeral(preferred: int) -> int:
-    """``preferred`` if nothing listens there, else a port the system picks."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return cls(
+            port("CLOUD", 8080), port("SYNC", 8443), port("GATEWAY", 8000), port("MQTT", 1883)
+        )
+
+
+class DemoLock:
+    """``<demo dir>/demo.lock``, flock'ed for the demo's lifetime and holding its pid. The
+    kernel drops the lock when the process dies, however it dies, so no stale lock remains."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            probe.bind(("127.0.0.1", preferred))
-            return preferred
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DemoLocked(
+                f"another demo is running from {self.path.parent} (pid {holder}); "
+                "stop it (Ctrl-C in its terminal) or set VENDING_DEMO_DIR to another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
         except OSError:
-            pass
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(fields[9])
+    return inodes
 
 
-def choose_ports() -> Ports:
-    chosen: list[int] = []
-    for preferred in (8080, 8443, 8000, 1883):
-        port = _free_or_ephemeral(preferred)
-        while port in chosen:
-            port = _free_or_ephemeral(0)
-        chosen.append(port)
-    return Ports(*chosen)
+def listener_belongs_to(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds a socket listening on ``port`` (Linux /proc); None when
+    this cannot be known here."""
+    if not Path("/proc/net/tcp").exists():
+        return None
+    inodes = _listening_inodes(port)
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[len("socket:[") : -1] in inodes:
+                return True
+    return False
+
+
+def redact(text: str, secrets_: Iterable[str]) -> str:
+    for secret in secrets_:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
 
 
 def _bin(name: str) -> str:
@@ -105,31 +192,107 @@ async def _http_ok(session: aiohttp.ClientSession, url: str) -> bool:
 
 
 class Demo:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ports: PreferredPorts | None = None) -> None:
         self.root = root
         self.state = root / "demo"
         self.logs = self.state / "logs"
-        self.ports = choose_ports()
+        self.preferred = ports or PreferredPorts.from_env()
         self.admin_password = secrets.token_urlsafe(12)
-        self.cloud_url = f"http://127.0.0.1:{self.ports.cloud_api}"
-        self.gateway_url = f"http://127.0.0.1:{self.ports.gateway_http}"
+        # Known once each process has printed what it bound.
+        self.cloud_url = ""
+        self.gateway_url = ""
+        self.mqtt_port = 0
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.devices: list[tuple[str, str, VirtualDevice]] = []
+        self._pumps: list[asyncio.Task[None]] = []
+        # Every secret the demo learns, so no log it writes can hold one.
+        self._secrets: set[str] = {self.admin_password}
         self._env = {**os.environ, "VENDCTL_CONFIG_DIR": str(self.state / "vendctl")}
+
+    def _redact(self, text: str) -> str:
+        return redact(text, sorted(self._secrets, key=len, reverse=True))
 
     # --- processes -------------------------------------------------------------------------
 
-    async def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    async def _pump(
+        self,
+        stream: asyncio.StreamReader,
+        log: IO[bytes],
+        ready: re.Pattern[str],
+        found: asyncio.Future[re.Match[str] | None],
+    ) -> None:
+        """Copy a process's output into its log (redacted) and report its ready line."""
+        try:
+            while line := await stream.readline():
+                text = line.decode(errors="replace")
+                log.write(self._redact(text).encode())
+                log.flush()
+                match = ready.search(text.rstrip("\r\n"))
+                if match and not found.done():
+                    found.set_result(match)
+        finally:
+            log.close()
+            if not found.done():
+                found.set_result(None)
+
+    async def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str], ready: re.Pattern[str]
+    ) -> re.Match[str] | None:
+        """Start a long-running process; its ready line, or None if it exited without one."""
         log = (self.logs / f"{name}.log").open("ab")
-        self.processes[name] = await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             *argv,
             env={**self._env, **env},
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # our Ctrl-C handling stops it, in order
         )
-        log.close()
+        self.processes[name] = proc
+        found: asyncio.Future[re.Match[str] | None] = asyncio.get_running_loop().create_future()
+        assert proc.stdout is not None
+        self._pumps.append(
+            asyncio.create_task(self._pump(proc.stdout, log, ready, found), name=f"{name}-log")
+        )
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                match = await found
+        except TimeoutError as exc:
+            raise DemoError(f"timed out after {START_TIMEOUT_S:.0f}s waiting for {name}") from exc
+        if match is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await proc.wait()
+            self.processes.pop(name, None)
+        return match
+
+    async def _spawn_on_ports(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        ready: re.Pattern[str],
+        preferred: dict[str, int],
+    ) -> re.Match[str]:
+        """The process on its preferred ports, else (it could not bind them) on ports the
+        system picks: it binds them itself, so no other process can slip in between."""
+        attempts = (preferred, dict.fromkeys(preferred, 0))
+        for ports in attempts:
+            match = await self._spawn(
+                name, argv, env | {k: str(v) for k, v in ports.items()}, ready
+            )
+            if match is not None:
+                return match
+            print(f"demo: {name} could not start on {ports}, retrying on free ports", flush=True)
+        raise DemoError(f"{name} did not start (see {self.logs / (name + '.log')})")
+
+    def _check_owner(self, name: str, url_or_port: str | int) -> None:
+        """The listener the demo is about to talk to is the process it started (it read the
+        port from that process's own output; this rules out any mix-up)."""
+        port = url_or_port if isinstance(url_or_port, int) else _port_of(url_or_port)
+        proc = self.processes[name]
+        if listener_belongs_to(proc.pid, port) is False:
+            raise DemoError(f"port {port} is not held by the {name} the demo started")
 
     async def _run(self, what: str, argv: list[str], env: dict[str, str] | None = None) -> str:
         proc = await asyncio.create_subprocess_exec(
@@ -141,10 +304,11 @@ class Demo:
         )
         out, _ = await proc.communicate()
         text = out.decode(errors="replace")
-        (self.logs / "commands.log").open("a").write(f"$ {' '.join(argv)}\n{text}\n")
+        with (self.logs / "commands.log").open("a") as log:
+            log.write(self._redact(f"$ {' '.join(argv)}\n{text}\n"))
         if proc.returncode != 0:
             last = text.strip().splitlines()[-1:] or ["(no output)"]
-            raise DemoError(f"{what} failed (exit {proc.returncode}): {last[0]}")
+            raise DemoError(f"{what} failed (exit {proc.returncode}): {self._redact(last[0])}")
         return text
 
     async def stop(self) -> None:
@@ -164,6 +328,12 @@ class Demo:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        pumps, self._pumps = self._pumps, []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await asyncio.gather(*pumps, return_exceptions=True)
+        for task in pumps:
+            task.cancel()
 
     # --- steps -----------------------------------------------------------------------------
 
@@ -172,8 +342,6 @@ class Demo:
         return {
             "VENDING_CLOUD_DATABASE_URL": f"sqlite+aiosqlite:///{cloud_dir / 'cloud.db'}",
             "VENDING_CLOUD_DATA_DIR": str(cloud_dir),
-            "VENDING_CLOUD_HTTP_PORT": str(self.ports.cloud_api),
-            "VENDING_CLOUD_SYNC_PORT": str(self.ports.cloud_sync),
             "VENDING_CLOUD_SANDBOX_APPROVE_DELAY_S": SANDBOX_APPROVE_DELAY_S,
         }
 
@@ -182,11 +350,21 @@ class Demo:
         env = self._cloud_env()
         await self._run(
             "creating the demo tenant",
-            [cloud, "create-tenant", "--name", "Demo Vending", "--admin-email", ADMIN_EMAIL,
-             "--admin-password", self.admin_password],
+            [cloud, "create-tenant", "--name", "Demo Vending", "--admin-email", ADMIN_EMAIL],
+            env | {CLOUD_ADMIN_PASSWORD_ENV: self.admin_password},
+        )
+        ready = await self._spawn_on_ports(
+            "cloud",
+            [cloud, "serve"],
             env,
-        )  # fmt: skip
-        await self._spawn("cloud", [cloud, "serve"], env)
+            CLOUD_READY,
+            {
+                "VENDING_CLOUD_HTTP_PORT": self.preferred.cloud_api,
+                "VENDING_CLOUD_SYNC_PORT": self.preferred.cloud_sync,
+            },
+        )
+        self.cloud_url = ready.group(1)
+        self._check_owner("cloud", self.cloud_url)
         await _wait_until(
             "the cloud API",
             lambda: _http_ok(session, f"{self.cloud_url}/api/v1/openapi.json"),
@@ -195,17 +373,30 @@ class Demo:
     async def start_gateway(self, session: aiohttp.ClientSession, api: CloudApi) -> str:
         site = await api.create_site("Demo site", "Loopback street 1")
         token = await api.enrollment_token(site["id"])
+        self._secrets.add(token)
         env = {
             "VENDING_GATEWAY_DATA_DIR": str(self.state / "gateway"),
-            "VENDING_GATEWAY_HTTP_PORT": str(self.ports.gateway_http),
-            "VENDING_GATEWAY_MQTT_PORT": str(self.ports.mqtt),
             "VENDING_GATEWAY_CLOUD_URL": self.cloud_url,
             "VENDING_GATEWAY_ENROLL_TOKEN": token,
             "VENDING_GATEWAY_GATEWAY_NAME": "demo-gateway",
             "VENDING_GATEWAY_SITE_NAME": "Demo site",
             "VENDING_GATEWAY_SYNC_PULL_INTERVAL_S": "2",
         }
-        await self._spawn("gateway", [_bin("vending-gateway")], env)
+        # A retry on other ports finds the gateway already enrolled (its data directory keeps
+        # the certificate), so the spent token is no problem.
+        ready = await self._spawn_on_ports(
+            "gateway",
+            [_bin("vending-gateway")],
+            env,
+            GATEWAY_READY,
+            {
+                "VENDING_GATEWAY_HTTP_PORT": self.preferred.gateway_http,
+                "VENDING_GATEWAY_MQTT_PORT": self.preferred.mqtt,
+            },
+        )
+        self.gateway_url, self.mqtt_port = ready.group(1), int(ready.group(2))
+        self._check_owner("gateway", self.gateway_url)
+        self._check_owner("gateway", self.mqtt_port)
 
         async def enrolled() -> bool:
             return any(g["site_id"] == site["id"] for g in await api.gateways())
@@ -218,11 +409,11 @@ class Demo:
         vendctl = _bin("vendctl")
         await self._run(
             "vendctl login",
-            [vendctl, "login", "--cloud", self.cloud_url, "--email", ADMIN_EMAIL,
-             "--password", self.admin_password],
-        )  # fmt: skip
+            [vendctl, "login", "--cloud", self.cloud_url, "--email", ADMIN_EMAIL],
+            {VENDCTL_PASSWORD_ENV: self.admin_password},
+        )
         bundles = self.state / "bundles"
-        bundles.mkdir(parents=True, exist_ok=True)
+        bundles.mkdir(mode=0o700, parents=True, exist_ok=True)
         for name, location, slots in MACHINES:
             bundle = bundles / f"{name.lower()}.json"
             stock = {s.split(":")[0]: int(s.split(":")[3]) for s in slots.split(",")}
@@ -230,10 +421,13 @@ class Demo:
                 f"vendctl machine onboard {name}",
                 [vendctl, "machine", "onboard", "--name", name, "--site", site_id,
                  "--location", location, "--slots", slots, "--mqtt-host", "127.0.0.1",
-                 "--mqtt-port", str(self.ports.mqtt), "--out", str(bundle),
-                 "--set", f"sim_slots={json.dumps(stock)}", "--set", "motor_ms=600"],
+                 "--mqtt-port", str(self.mqtt_port), "--out", str(bundle),
+                 "--set", f"sim_slots={json.dumps(stock)}", "--set", "motor_ms=600",
+                 "--no-claim"],
             )  # fmt: skip
-            machine_id = json.loads(bundle.read_text())["machine_id"]
+            written = json.loads(bundle.read_text())
+            machine_id = written["machine_id"]
+            self._secrets.update((written["mqtt_password"], written["command_key"]))
             flash_dir = VirtualDevice.erase(self.state / "devices" / name.lower())
             device = VirtualDevice(flash_dir, serial=True)
             await device.start()
@@ -266,7 +460,7 @@ class Demo:
             "cloud_url": self.cloud_url,
             "admin_email": ADMIN_EMAIL,
             "admin_password": self.admin_password,
-            "mqtt_port": self.ports.mqtt,
+            "mqtt_port": self.mqtt_port,
             "machines": [
                 {
                     "id": machine_id,
@@ -287,20 +481,23 @@ class Demo:
 
     async def start(self) -> dict[str, Any]:
         """Bring the whole site up and write demo.json; the caller calls ``stop()`` in any case."""
-        shutil.rmtree(self.state, ignore_errors=True)  # every demo starts from a clean site
-        self.logs.mkdir(parents=True)
+        # Every demo starts from a clean site; the lock makes sure no running demo owns it.
+        shutil.rmtree(self.state, ignore_errors=True)
+        self.logs.mkdir(mode=0o700, parents=True)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            print(f"demo: starting the cloud on {self.cloud_url}", flush=True)
+            print("demo: starting the cloud", flush=True)
             await self.start_cloud(session)
+            print(f"demo: cloud up on {self.cloud_url}", flush=True)
             async with CloudApi(self.cloud_url) as api:
                 await api.login(ADMIN_EMAIL, self.admin_password)
-                print(f"demo: starting the gateway on {self.gateway_url}", flush=True)
+                print("demo: starting the gateway", flush=True)
                 site_id = await self.start_gateway(session, api)
+                print(f"demo: gateway up on {self.gateway_url}", flush=True)
             print("demo: onboarding and flashing two virtual ESP32s", flush=True)
             await self.onboard_and_flash(site_id)
             await self.wait_machines_online(session)
         info = self.describe()
-        fd = os.open(self.root / "demo.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(self.root / INFO_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(info, fh, indent=2)
         return info
@@ -313,7 +510,9 @@ def _announce(info: dict[str, Any], path: Path) -> None:
         f"  Kiosk:     {info['kiosk_url']}",
         f"  Gateway:   {info['gateway_url']}  (health: {info['gateway_url']}/health)",
         f"  Cloud API: {info['cloud_url']}/api/v1  (OpenAPI: /api/v1/openapi.json)",
-        f"  Admin:     {info['admin_email']} / {info['admin_password']}",
+        # Only to a terminal: redirected output tends to end up in files others can read.
+        f"  Admin:     {info['admin_email']} / "
+        + (info["admin_password"] if sys.stdout.isatty() else f"(password in {path})"),
     ]
     for machine in info["machines"]:
         lines.append(
@@ -325,12 +524,12 @@ def _announce(info: dict[str, Any], path: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
-async def _main(root: Path) -> int:
+async def _main(root: Path, ports: PreferredPorts) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    demo = Demo(root)
+    demo = Demo(root, ports)
     try:
         bring_up = asyncio.create_task(demo.start(), name="demo-start")
         stopped = asyncio.create_task(stop.wait(), name="demo-stop-signal")
@@ -352,13 +551,35 @@ async def _main(root: Path) -> int:
         return 0
     finally:
         await demo.stop()
+        # Its URLs and password describe processes that no longer run.
+        (root / INFO_NAME).unlink(missing_ok=True)
         print("demo: stopped", flush=True)
+
+
+def private_root(root: Path) -> None:
+    """The demo directory and everything the demo or its processes create in it: owner only
+    (the umask is inherited by every process the demo starts)."""
+    os.umask(0o077)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
 
 
 def main() -> int:
     root = Path(os.environ.get("VENDING_DEMO_DIR", "var")).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_main(root))
+    private_root(root)
+    lock = DemoLock(root)
+    try:
+        ports = PreferredPorts.from_env()
+        lock.acquire()
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        # Left by a demo that was killed outright (SIGKILL, power cut): not this one's.
+        (root / INFO_NAME).unlink(missing_ok=True)
+        return asyncio.run(_main(root, ports))
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

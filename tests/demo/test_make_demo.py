@@ -121,6 +121,8 @@ async def test_make_demo_sells_one_item_and_stops_cleanly(demo) -> None:  # type
     # make itself dies of the SIGINT (as it does at a terminal) once the demo has stopped.
     assert _stop(proc) in (0, -signal.SIGINT)
     assert log_path.read_text().rstrip().endswith("demo: stopped"), log_path.read_text()[-2000:]
+    # Its URLs and admin password described processes that no longer run.
+    assert not (log_path.parent / "var" / "demo.json").exists()
     _assert_all_gone(proc, pids)
 
 

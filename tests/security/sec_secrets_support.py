@@ -1,11 +1,16 @@
-"""A cloud and an enrolled gateway on loopback for the secrets-at-rest tests, on SQLite or on a
-fresh PostgreSQL database, with the raw bytes of each database at hand."""
+"""Support for the secrets tests: a cloud and an enrolled gateway on loopback (SQLite or a fresh
+PostgreSQL database, with the raw bytes of each database at hand), and for the demo tests a
+process-tree command-line sampler and a port squatter that answers like a cloud."""
 
 import asyncio
+import json
+import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +184,91 @@ async def secrets_site(
                     result["credentials"],
                     result["machine"]["catalog"][0]["id"],
                 )
+
+
+# --- the demo as a whole: its process tree and a port squatter --------------------------------
+
+
+def descendants(root_pid: int) -> list[int]:
+    """Every living process below ``root_pid`` (by parent pid, new sessions included)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    todo = [root_pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class CommandLineSampler(threading.Thread):
+    """Records the command line of every process below ``root_pid`` until stopped, often
+    enough to see the short-lived ones (``create-tenant``, ``vendctl login``)."""
+
+    def __init__(self, root_pid: int, every_s: float = 0.01) -> None:
+        super().__init__(name="cmdline-sampler", daemon=True)
+        self.root_pid = root_pid
+        self.every_s = every_s
+        self.seen: set[str] = set()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.every_s):
+            for pid in descendants(self.root_pid):
+                try:
+                    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if raw:
+                    self.seen.add(raw.replace(b"\0", b" ").decode(errors="replace").strip())
+
+    def stop(self) -> set[str]:
+        self._stop_event.set()
+        self.join(timeout=5)
+        return self.seen
+
+
+class FakeCloud(ThreadingHTTPServer):
+    """Something else listening where the demo wanted its cloud: it answers every request
+    with a 200 success envelope (as a cloud would) and counts them."""
+
+    def __init__(self, port: int) -> None:
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                server.requests += 1
+                body = json.dumps(
+                    {"success": True, "data": {"access_token": "x", "refresh_token": "y"}}
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", port), Handler)
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

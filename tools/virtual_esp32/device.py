@@ -29,7 +29,13 @@ from tools.virtual_esp32.errors import (
     OutputTimeoutError,
     SimControlError,
 )
-from tools.virtual_esp32.flash import erase_flash, install, venv_tool
+from tools.virtual_esp32.flash import (
+    FLASH_UMASK,
+    erase_flash,
+    install,
+    private_flash_dir,
+    venv_tool,
+)
 from tools.virtual_esp32.pty_link import (
     PtyLink,
     console_mode,
@@ -182,6 +188,8 @@ class VirtualDevice:
     async def start(self, timeout: float = 15) -> None:  # noqa: ASYNC109
         if self.running:
             raise DeviceStartError("already running")
+        # A flash made by hand or by an older version is tightened before the board runs.
+        private_flash_dir(self.flash_dir)
         if self.serial:
             await self._start_serial(timeout)
             return
@@ -195,6 +203,7 @@ class VirtualDevice:
             "-c",
             "import boot\nimport main\n",
             cwd=self.flash_dir,
+            umask=FLASH_UMASK,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -443,6 +452,7 @@ class VirtualDevice:
             "-c",
             boot_script(self.flash_dir, mode),
             cwd=self.flash_dir,
+            umask=FLASH_UMASK,
             stdin=console.slave,
             stdout=console.slave,
             stderr=console.slave,

@@ -38,6 +38,18 @@ def _precompile(source: Path, target: Path, source_name: str) -> None:
         raise FlashInstallError(f"mpy-cross failed on {source_name}: {result.stderr.strip()}")
 
 
+# The flash holds config.json (MQTT secret, command key) and the journal: owner only. The
+# interpreter runs with this umask too, so what mpremote or the firmware writes stays private.
+FLASH_DIR_MODE = 0o700
+FLASH_UMASK = 0o077
+
+
+def private_flash_dir(flash_dir: Path) -> None:
+    """Create the flash directory owner-only, and tighten one that exists more open."""
+    flash_dir.mkdir(mode=FLASH_DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(flash_dir, FLASH_DIR_MODE)
+
+
 def write_config(flash_dir: Path, config: dict[str, object]) -> None:
     """Write config.json with mode 0600: it holds the MQTT secret and the command key."""
     path = flash_dir / CONFIG_NAME
@@ -45,17 +57,17 @@ def write_config(flash_dir: Path, config: dict[str, object]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.chmod(path, 0o600)
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_TRUNC
 
 
 def install(flash_dir: Path, config: dict[str, object], *, precompile: bool = True) -> None:
     """Copy firmware_mpy/ into flash_dir (.py -> .mpy except boot.py and main.py) and write the
     device's config.json. Journal and other state already on the flash are kept."""
-    flash_dir.mkdir(parents=True, exist_ok=True)
+    private_flash_dir(flash_dir)
     for source in sorted(FIRMWARE_DIR.rglob("*.py")):
         rel = source.relative_to(FIRMWARE_DIR)
         target = flash_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=FLASH_DIR_MODE, parents=True, exist_ok=True)
         stale = target.with_suffix(".mpy") if rel.name not in SOURCE_ONLY else None
         if precompile and stale is not None:
             target.unlink(missing_ok=True)
@@ -70,7 +82,7 @@ def install(flash_dir: Path, config: dict[str, object], *, precompile: bool = Tr
 def erase_flash(flash_dir: Path) -> Path:
     """An empty flash: no firmware, no config, no journal (as after ``esptool erase-flash`` and
     a fresh MicroPython). The directory is created if missing; everything in it is removed."""
-    flash_dir.mkdir(parents=True, exist_ok=True)
+    private_flash_dir(flash_dir)
     for entry in flash_dir.iterdir():
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
