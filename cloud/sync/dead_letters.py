@@ -6,6 +6,7 @@ after the cause is fixed (``cloud.sync.events.retry_dead_letter``).
 """
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from cloud.sync.identity import Gateway
 # gateway, which still holds the whole event).
 MAX_RAW = 16_384
 MAX_MESSAGE = 1000
+
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 OPEN = "open"
 RESOLVED = "resolved"
@@ -47,6 +50,10 @@ class Refusal:
 
     code: str
     message: str
+
+
+def _printable(text: str) -> str:
+    return _NOT_PRINTABLE.sub("?", text)
 
 
 def _phone_context(gateway_id: str, event_id: str) -> str:
@@ -98,7 +105,7 @@ async def record(
     type_ = raw.get("type") if isinstance(raw, dict) else None
     values = {
         "seq": seq,
-        "type": str(type_)[:64].encode("ascii", "replace").decode() if type_ else "?",
+        "type": _printable(str(type_))[:64] if type_ else "?",
         "payload": text,
         "payload_truncated": truncated,
         "error_code": refusal.code[:64],

@@ -123,8 +123,11 @@ def parse_event(raw: Any) -> _Parsed:
         payload = _PAYLOADS[event.type].model_validate(event.payload)
     except ValidationError as exc:
         type_ = raw.get("type") if isinstance(raw, dict) else None
+        # Name the type only when it is one we know: the message must not echo input.
+        known = isinstance(type_, str) and type_ in _PAYLOADS
+        what = f"invalid {type_} event" if known else "invalid event"
         raise _EventRefused(
-            Refusal("validation_error", f"invalid {type_} event: {_describe(exc)}"[:1000])
+            Refusal("validation_error", f"{what}: {_describe(exc)}"[:1000])
         ) from exc
     return _Parsed(event, payload, raw)
 

@@ -170,3 +170,33 @@ async def test_a_batch_the_cloud_refuses_whole_is_split_to_the_culprit(
     assert (await site.health())["dead_letters"]["count"] == 1
     async with site.http.get("/metrics") as response:
         assert 'gateway_events_dead_lettered_total{source="isolated"} 1.0' in await response.text()
+
+
+async def test_an_event_for_another_sites_machine_is_isolated_and_never_stored(
+    synced_site: SyncedSite,
+) -> None:
+    """An identity conflict stays a whole-batch 409 at the cloud (nothing of another site is
+    touched); the gateway isolates the one event and delivers the rest."""
+    site = synced_site
+    elsewhere = (await site.admin.create_site(f"Elsewhere {uuid.uuid4().hex[:6]}", "Far"))["id"]
+    foreign = await site.admin.onboard_machine(name="Far", site_id=elsewhere, catalog=[])
+    foreign_id = foreign["machine"]["id"]
+    orders = [str(uuid.uuid4()) for _ in range(3)]
+    intruder = str(uuid.uuid4())
+    events = [
+        (uuid.uuid4().hex, "order.snapshot", order_snapshot(o, site.machine_id, "x"))
+        for o in orders
+    ]
+    events.insert(
+        1, (uuid.uuid4().hex, "order.snapshot", order_snapshot(intruder, foreign_id, "x"))
+    )
+    site.write_outbox(events)
+
+    async def all_arrived() -> bool:
+        return all([await site.cloud_order(o) for o in orders])
+
+    await wait_for(all_arrived, within=30)
+    [letter] = await site.gateway.store.list_dead_letters()
+    assert (letter.http_status, letter.code, letter.source) == (409, "conflict", "isolated")
+    assert await _count(site, t.orders, t.orders.c.id == intruder) == 0
+    assert await _count(site, t.orders, t.orders.c.machine_id == foreign_id) == 0
