@@ -14,8 +14,8 @@
 #
 # Acked dispenses keep their full entry (to answer a replay with the recorded result) for the
 # newest `keep_results`; older ones shrink to their id in `acked` (the newest `keep` ids), and
-# anything older still is refused by the counter. A full entry costs ~480 bytes of heap on the
-# 64-bit unix port, an id ~70, hence the two limits.
+# anything older still is refused by the counter. A full entry (its signed envelope) costs ~610
+# bytes of heap on the 64-bit unix port, an id ~70, hence the two limits.
 #
 # Signed-message counter (seq, docs/protocol.md): every signed message carries a seq above all
 # earlier ones. Writing flash for every inventory report would wear it out, so the journal
