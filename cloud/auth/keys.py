@@ -9,6 +9,7 @@ key file the configured or generated ``jwt_secret`` is the only key. Secrets nev
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
@@ -22,6 +23,7 @@ from cloud.db.times import as_utc, utcnow
 from cloud.errors import ConfigurationError
 from cloud.settings import CloudSettings
 
+log = logging.getLogger(__name__)
 KeyState = Literal["active", "staged", "retired"]
 # Clock skew between replicas, and a token signed just before its key retired.
 RETIRE_GRACE_S = 60
@@ -218,6 +220,6 @@ class KeySource:
                 try:
                     self._ring = load_key_ring(self._settings)
                     self._stamp = stamp
-                except KeyFileError:
-                    pass
+                except KeyFileError as exc:
+                    log.warning("JWT key file not reloaded: %s", exc.message)
         return self._ring

@@ -25,6 +25,9 @@ from sec_accounts_support import (  # noqa: F401
     tenant,
 )
 
+from cloud.auth.passwords import Passwords
+from cloud.errors import ServiceBusy
+
 
 def _retry_after(reply_headers_value: str | None) -> int:
     assert reply_headers_value is not None
@@ -149,3 +152,19 @@ async def test_many_successful_logins_from_one_address_never_lock_it(tenant, fro
     for _ in range(ADDRESS_FREE):
         for user in users:
             assert (await login(office, user["email"])).status == 200
+
+
+async def test_password_hashing_is_bounded_and_says_busy_when_saturated():
+    # Production cost, one slot, a very short wait: the guesses queue on one pool thread and
+    # whoever cannot get the slot in time is told to come back (503), not left to pile up.
+    hasher = Passwords(3, 65536, 4, concurrency=1, wait_s=0.01)
+    try:
+        stored = await hasher.hash(PASSWORD)
+        results = await asyncio.gather(
+            *(hasher.verify(stored, f"guess {i}") for i in range(4)), return_exceptions=True
+        )
+    finally:
+        hasher.close()
+    busy = [r for r in results if isinstance(r, ServiceBusy)]
+    assert busy and all(r is False or isinstance(r, ServiceBusy) for r in results)
+    assert busy[0].status == 503 and busy[0].headers["Retry-After"] == "1"
