@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest demo clean
+.PHONY: venv test lint typecheck pytest contracts demo clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,11 @@ pytest: $(STAMP)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# Schemathesis against the live cloud and kiosk APIs (fixed seed, bounded examples); `pytest`
+# above runs it too, this target runs only it.
+contracts: $(STAMP)
+	$(VENV)/bin/pytest -q tests/security/test_sec_contracts_schemathesis.py
 
 demo: $(STAMP)
 	$(PY) -m tools.demo

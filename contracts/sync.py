@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from contracts.money import Amount, Currency, PositiveAmount
 from contracts.numbers import WHOLE_NUMBER
 from contracts.orders import ItemDispenseStatus, OrderStatus, PaymentMethod
-from contracts.text import PRINTABLE, DeviceReason, PersonName, PhoneNumber, Ref
+from contracts.text import NOT_BLANK, PRINTABLE, DeviceReason, PersonName, PhoneNumber, Ref
 
 SYNC_PREFIX = "/sync/v1"
 MAX_BATCH = 500
@@ -99,7 +99,7 @@ class PushAck(_Model):
 LineQuantity = Annotated[StrictInt, Field(ge=1, le=10), WHOLE_NUMBER]
 # The text rules of contracts.text apply to every string a gateway sends: the kiosk API and the
 # cloud's own inputs (catalog names, ids) refuse what would be refused here.
-ItemName = Annotated[str, Field(min_length=1, max_length=200), PRINTABLE]
+ItemName = Annotated[str, Field(min_length=1, max_length=200), NOT_BLANK]
 
 
 class OrderItemSnapshot(_Model):

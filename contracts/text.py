@@ -20,8 +20,10 @@ from pydantic import BeforeValidator, Field, GetCoreSchemaHandler, GetJsonSchema
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
-# ECMA-262, Rust regex and Python re all read this pattern the same way.
+# ECMA-262, Rust regex and Python re all read these patterns the same way.
 PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+# Printable with at least one character that is not white space.
+NOT_BLANK_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _RULE = "control characters (U+0000-U+001F, U+007F-U+009F) and lone surrogates are refused"
 
@@ -53,32 +55,51 @@ def _clean_reason(value: object) -> object:
     return clean_device_text(value, MAX_DEVICE_REASON)
 
 
+def _not_blank(value: str) -> str:
+    value = _printable(value)
+    if not value.strip():
+        raise ValueError("text must not be blank")
+    return value
+
+
 @dataclass(frozen=True)
 class Printable:
-    """Annotated marker: the value must be printable text (the module's rule). Put it after any
-    ``Field`` bounds so that length errors stay pydantic's usual ones."""
+    """Annotated marker: the value must be printable text (the module's rule); with
+    ``not_blank``, also hold a character that is not white space. Put it after any ``Field``
+    bounds so that length errors stay pydantic's usual ones.
+
+    Values are stored as sent, never stripped: stripping would make the lengths the documents
+    state differ from the lengths the servers check."""
+
+    not_blank: bool = False
 
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(_printable, handler(source))
+        check = _not_blank if self.not_blank else _printable
+        return core_schema.no_info_after_validator_function(check, handler(source))
 
     def __get_pydantic_json_schema__(
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         json_schema = handler(schema)
-        json_schema.update(pattern=PRINTABLE_PATTERN, description=f"Printable text: {_RULE}.")
+        rule = f"{_RULE}; not blank" if self.not_blank else _RULE
+        json_schema.update(
+            pattern=NOT_BLANK_PATTERN if self.not_blank else PRINTABLE_PATTERN,
+            description=f"Printable text: {rule}.",
+        )
         return json_schema
 
 
 PRINTABLE = Printable()
+NOT_BLANK = Printable(not_blank=True)
 PrintableText = Annotated[str, PRINTABLE]
 
 # A reference to something that already exists (machine, catalog item, order, slot): looked up
 # afterwards, so its shape only needs to be safe to look up, store and log.
 Ref = Annotated[str, Field(min_length=1, max_length=MAX_REF), PRINTABLE]
 
-PersonName = Annotated[str, Field(min_length=1, max_length=MAX_PERSON_NAME), PRINTABLE]
+PersonName = Annotated[str, Field(min_length=1, max_length=MAX_PERSON_NAME), NOT_BLANK]
 
 # E.164: a plus, a country code that does not start with 0, at most 15 digits. [0-9], not \d,
 # because \d also matches other scripts' digits in Python and Rust.

@@ -119,8 +119,24 @@ class Api:
         return decorate
 
     def register(self, app: web.Application) -> None:
-        for endpoint in self.endpoints:
+        # OpenAPI's rule: a concrete path matches before a templated one. So concrete paths are
+        # registered first and answer 405 (with Allow) for the methods they lack, and
+        # GET /machines/onboard is never GET /machines/{machine_id} with the id "onboard".
+        ordered = sorted(self.endpoints, key=lambda ep: "{" in ep.path)
+        for endpoint in ordered:
             app.router.add_route(endpoint.method, endpoint.path, _wrap(endpoint))
+        for path in dict.fromkeys(ep.path for ep in ordered if "{" not in ep.path):
+            allowed = {ep.method for ep in ordered if ep.path == path}
+            app.router.add_route("*", path, _method_not_allowed(allowed))
+
+
+def _method_not_allowed(
+    allowed: set[str],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+    return refuse
 
 
 def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -14,9 +14,11 @@ MAX_SAFE_INT = 2**53
 
 
 class Input(BaseModel):
-    """Request bodies: unknown fields are refused, so typos do not pass silently."""
+    """Request bodies: unknown fields are refused, so typos do not pass silently. Strings are
+    taken as sent (not stripped), so the lengths the OpenAPI document states are the ones
+    checked."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
     @field_validator("*", mode="after")
     @classmethod

@@ -4,11 +4,11 @@ from typing import Annotated
 from pydantic import Field
 
 from cloud.models.common import Input, Output
-from contracts.text import PRINTABLE
+from contracts.text import NOT_BLANK, PRINTABLE
 
 
 class SiteCreate(Input):
-    name: Annotated[str, Field(min_length=1, max_length=200), PRINTABLE]
+    name: Annotated[str, Field(min_length=1, max_length=200), NOT_BLANK]
     address: Annotated[str, Field(max_length=500), PRINTABLE] | None = None
 
 

@@ -17,7 +17,6 @@ class UserUpdate(Input):
     # The document states "role, active or both" too (see _something), so a client can tell.
     model_config = ConfigDict(
         extra="forbid",
-        str_strip_whitespace=True,
         json_schema_extra={
             "anyOf": [
                 {"required": ["role"], "properties": {"role": {"not": {"type": "null"}}}},

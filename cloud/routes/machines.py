@@ -66,6 +66,7 @@ async def _machine_row(conn: AsyncConnection, machine_id: str) -> sa.Row[Any]:
     response=OnboardResult,
     status=201,
     permission=Permission.MACHINES_WRITE,
+    errors=(404, 409),
 )
 async def onboard(call: Call) -> OnboardResult:
     body = call.body(MachineOnboard)
@@ -123,6 +124,7 @@ async def onboard(call: Call) -> OnboardResult:
     response=MachineOut,
     many=True,
     permission=Permission.MACHINES_READ,
+    errors=(),
 )
 async def list_machines(call: Call) -> list[MachineOut]:
     async with call.ctx.engine.connect() as conn:
@@ -141,6 +143,7 @@ async def list_machines(call: Call) -> list[MachineOut]:
     tag=TAG,
     response=MachineDetail,
     permission=Permission.MACHINES_READ,
+    errors=(),
 )
 async def get_one(call: Call) -> MachineDetail:
     async with call.ctx.engine.connect() as conn:
@@ -156,6 +159,7 @@ async def get_one(call: Call) -> MachineDetail:
     response=CatalogItemOut,
     many=True,
     permission=Permission.MACHINES_READ,
+    errors=(),
 )
 async def get_catalog(call: Call) -> list[CatalogItemOut]:
     async with call.ctx.engine.connect() as conn:
@@ -172,6 +176,7 @@ async def get_catalog(call: Call) -> list[CatalogItemOut]:
     response=CatalogItemOut,
     many=True,
     permission=Permission.MACHINES_WRITE,
+    errors=(409,),
 )
 async def put_catalog(call: Call) -> list[CatalogItemOut]:
     body = call.body(CatalogReplace)
@@ -193,6 +198,7 @@ async def put_catalog(call: Call) -> list[CatalogItemOut]:
     tag=TAG,
     response=MachineConfigOut,
     permission=Permission.MACHINES_READ,
+    errors=(),
 )
 async def get_config(call: Call) -> MachineConfigOut:
     async with call.ctx.engine.connect() as conn:
@@ -208,6 +214,7 @@ async def get_config(call: Call) -> MachineConfigOut:
     body=MachineConfig,
     response=MachineConfigOut,
     permission=Permission.MACHINES_WRITE,
+    errors=(),
 )
 async def put_config(call: Call) -> MachineConfigOut:
     body = call.body(MachineConfig)
@@ -229,6 +236,7 @@ async def put_config(call: Call) -> MachineConfigOut:
     tag=TAG,
     response=MachineStatus,
     permission=Permission.MACHINES_READ,
+    errors=(),
 )
 async def get_status(call: Call) -> MachineStatus:
     async with call.ctx.engine.connect() as conn:
@@ -279,6 +287,7 @@ async def get_status(call: Call) -> MachineStatus:
     tag=TAG,
     response=MachineOut,
     permission=Permission.MACHINES_WRITE,
+    errors=(),
 )
 async def decommission(call: Call) -> MachineOut:
     async with call.ctx.engine.begin() as conn:
@@ -302,6 +311,7 @@ async def decommission(call: Call) -> MachineOut:
     response=DeviceCredentials,
     status=201,
     permission=Permission.MACHINES_WRITE,
+    errors=(409,),
 )
 async def provision_device(call: Call) -> DeviceCredentials:
     mqtt_password, command_key = new_mqtt_secret(), new_command_key()

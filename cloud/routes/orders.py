@@ -29,6 +29,7 @@ _ORDER_FIELDS = list(OrderOut.model_fields)
     response=OrderOut,
     many=True,
     permission=Permission.ORDERS_READ,
+    errors=(),
 )
 async def list_orders(call: Call) -> list[OrderOut]:
     q = call.query(OrdersQuery)
@@ -56,6 +57,7 @@ async def list_orders(call: Call) -> list[OrderOut]:
     tag="orders",
     response=OrderDetail,
     permission=Permission.ORDERS_READ,
+    errors=(),
 )
 async def get_order(call: Call) -> OrderDetail:
     order_id = call.path("order_id")
@@ -112,6 +114,7 @@ async def get_order(call: Call) -> OrderDetail:
     response=PaymentOut,
     many=True,
     permission=Permission.PAYMENTS_READ,
+    errors=(),
 )
 async def list_payments(call: Call) -> list[PaymentOut]:
     q = call.query(PaymentsQuery)

@@ -25,7 +25,8 @@ class OrderLineIn(BaseModel):
 
 
 class CreateOrderRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # Not stripped: the lengths the document states are the ones checked (contracts.text).
+    model_config = ConfigDict(extra="forbid")
 
     machine_id: Ref
     items: Annotated[
