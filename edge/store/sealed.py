@@ -108,6 +108,23 @@ def mark_active_key(db: Db) -> None:
     )
 
 
+def _reseal_payloads(db: Db, ring: KeyRing, table: str, key: str) -> int:
+    count = 0
+    for row_id, event_id, text in db.execute(
+        f"SELECT {key}, event_id, payload FROM {table} WHERE payload LIKE '%customer_phone%'"
+    ).fetchall():
+        payload = json.loads(text)
+        phone = payload.get("customer_phone")
+        if isinstance(phone, str) and ring.needs_reseal(phone):
+            payload["customer_phone"] = ring.reseal(phone, f"outbox.customer_phone:{event_id}")
+            db.execute(
+                f"UPDATE {table} SET payload = ? WHERE {key} = ?",
+                [json.dumps(payload, separators=(",", ":")), row_id],
+            )
+            count += 1
+    return count
+
+
 @dataclass(frozen=True)
 class RekeyReport:
     command_keys: int
@@ -140,19 +157,10 @@ def reseal_all(db: Db, *, retire: bool) -> RekeyReport:
                     [ring.reseal(value, f"orders.customer_phone:{order_id}"), order_id],
                 )
                 phones += 1
-        events = 0
-        for seq, event_id, text in db.execute(
-            "SELECT seq, event_id, payload FROM outbox WHERE payload LIKE '%customer_phone%'"
-        ).fetchall():
-            payload = json.loads(text)
-            phone = payload.get("customer_phone")
-            if isinstance(phone, str) and ring.needs_reseal(phone):
-                payload["customer_phone"] = ring.reseal(phone, f"outbox.customer_phone:{event_id}")
-                db.execute(
-                    "UPDATE outbox SET payload = ? WHERE seq = ?",
-                    [json.dumps(payload, separators=(",", ":")), seq],
-                )
-                events += 1
+        events = _reseal_payloads(db, ring, "outbox", "seq")
+        if "dead_letters" in db.table_names():
+            # Moved aside from the outbox with the payload as it was: same event id, same seal.
+            events += _reseal_payloads(db, ring, "dead_letters", "id")
     except SealingError as exc:
         raise SealedDataError(str(exc)) from exc
     mark_active_key(db)

@@ -126,6 +126,9 @@ async def test_rekey_moves_everything_to_the_new_key(tmp_path: Path) -> None:
     # The new key is active, the old one still opens: old data stays readable before rekey.
     async with GatewayStore(settings(tmp_path, f"{new},{old}")) as store:
         assert (await store.get_order(order_id)).customer_phone == PHONE
+        # One order event refused by the cloud waits in the dead letters, sealed as it was.
+        snapshot = next(e for e in await store.outbox_pending(100) if e.type == "order.snapshot")
+        assert await store.dead_letter(snapshot.event_id, 400, "validation_error", "test")
         report = await store.rekey()
         assert report.command_keys == 1 and report.phones == 1 and report.outbox_events >= 1
         assert report.retired_keys == ["old"]
@@ -134,5 +137,6 @@ async def test_rekey_moves_everything_to_the_new_key(tmp_path: Path) -> None:
     # After rekey the old key can be dropped.
     async with GatewayStore(settings(tmp_path, new)) as store:
         assert (await store.get_order(order_id)).customer_phone == PHONE
+        assert len(await store.retry_dead_letters()) == 1
         events = await store.outbox_pending(100)
         assert any(e.payload.get("customer_phone") == PHONE for e in events)
