@@ -22,7 +22,7 @@ class GatewayMetrics:
         self.mqtt_connects_refused = Counter(
             "gateway_mqtt_connects_refused",
             "MQTT CONNECTs refused: credentials, identity (session of another identity), will"
-            " (last will topic or retain not allowed), malformed",
+            " (last will topic or retain not allowed), malformed, timeout (no CONNECT in time)",
             ["reason"],
             registry=self.registry,
         )

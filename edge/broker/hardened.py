@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 AMQTT_VERSION = "0.12.1"
 # How long a take-over waits for the old connection's message loop to end.
 TAKEOVER_TIMEOUT_S = 5.0
+# How long a new connection may take to send its CONNECT (amqtt waits forever, so idle sockets
+# could pile up without ever authenticating).
+CONNECT_TIMEOUT_S = 10.0
 
 
 class UnsupportedAmqttVersion(BrokerStartError):
@@ -126,9 +129,15 @@ class HardenedBroker(Broker):
             await writer.close()
             return
         try:
-            handler, incoming = await BrokerProtocolHandler.init_from_connect(
-                reader, writer, self.plugins_manager
-            )
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                handler, incoming = await BrokerProtocolHandler.init_from_connect(
+                    reader, writer, self.plugins_manager
+                )
+        except TimeoutError:
+            log.info("closed MQTT connection from %s:%s: no CONNECT in time", *peer)
+            self._metrics.mqtt_connects_refused.labels(reason="timeout").inc()
+            await writer.close()
+            return
         except NoDataError:
             await writer.close()  # closed before a CONNECT, or an oversized one (counted)
             return

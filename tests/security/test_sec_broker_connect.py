@@ -21,6 +21,7 @@ from sec_broker_support import (
     firmware_m1,
     link_ups,
     make_machine,
+    raw_connection,
     raw_session,
     raw_victim,
     refused_connect,
@@ -28,6 +29,7 @@ from sec_broker_support import (
 )
 from standalone_site import MachineCreds
 
+import edge.broker.hardened as hardened
 from contracts.sync import StateResponse
 from edge.app import Gateway
 
@@ -178,3 +180,15 @@ async def test_amqtt_takeover_by_the_same_identity_publishes_only_the_old_will(
             await new.publish("devices/M1/status/presence", b'{"online":true}', retain=True)
             await site.presence_round_trip("M2")
             assert (await site.gateway.store.list_machines())[0].online
+
+
+async def test_amqtt_connection_without_connect_is_closed(
+    tmp_path: Path, creds: dict[str, MachineCreds], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """amqtt waits forever for the first packet: idle sockets would pile up unauthenticated."""
+    monkeypatch.setattr(hardened, "CONNECT_TIMEOUT_S", 0.5)
+    async with running_site("amqtt", tmp_path, creds) as site:
+        async with raw_connection(site.port) as idle:
+            assert await idle.read_packet(within=5) is None
+        assert site.metric("gateway_mqtt_connects_refused_total", {"reason": "timeout"}) == 1
+        await site.presence_round_trip("M2")
