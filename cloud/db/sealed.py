@@ -206,6 +206,10 @@ async def rekey(engine: AsyncEngine) -> RekeyReport:
             conn, t.orders, "customer_phone", "orders.customer_phone", only_plaintext=False
         )
         events = await _reseal_events(conn)
+        # Imported here: the dead letters build on this module.
+        from cloud.sync.dead_letters import reseal as reseal_dead_letters
+
+        events += await reseal_dead_letters(conn)
         await _mark_active(conn)
         active = ring_of(conn).active
         retired = list(

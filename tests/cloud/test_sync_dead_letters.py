@@ -10,6 +10,9 @@ from test_sync_dedupe import dispense
 from test_sync_push import _count, event, order_payload
 
 from cloud.db import schema as t
+from cloud.db import sealed
+from cloud.sync.dead_letters import opened_text
+from contracts.sealing import KeyRing
 
 DEAD_LETTERS = "/api/v1/sync/dead-letters"
 
@@ -201,3 +204,30 @@ async def test_an_event_postgres_cannot_store_is_dead_lettered_alone(tenant, enr
     assert letter["error_code"] == "not_storable"
     still = await tenant.admin.call("POST", f"{DEAD_LETTERS}/{letter['id']}/retry")
     assert still.status == 409 and still.error["details"]["code"] == "not_storable"
+
+
+async def test_rekey_reseals_the_phone_numbers_kept_in_dead_letters(
+    tenant, enroll, cloud, settings
+):
+    gateway, mid = await _site(tenant, enroll)
+    broken = order_payload(str(uuid.uuid4()), mid, version=1)
+    broken |= {"customer_name": "Eve\u0000", "customer_phone": "+919876543210"}
+    pushed = event(1, "order.snapshot", broken)
+    assert (await gateway.push([pushed])).data["rejected"]
+
+    old = settings.key_ring()
+    new = KeyRing.parse(KeyRing.generate_text("rotated"))
+    await sealed.rekey(
+        sealed.with_keys(cloud.engine, KeyRing(new.active, {**new.keys, **old.keys}))
+    )
+    async with cloud.engine.connect() as conn:
+        kept = await conn.scalar(
+            sa.select(t.sync_dead_letters.c.payload).where(
+                t.sync_dead_letters.c.event_id == pushed["event_id"]
+            )
+        )
+    assert json.loads(kept)["payload"]["customer_phone"].startswith("v1.rotated.")
+    # The new key alone opens it: the old one may go.
+    async with sealed.with_keys(cloud.engine, new).connect() as conn:
+        opened = opened_text(conn, gateway.id, pushed["event_id"], kept)
+    assert json.loads(opened)["payload"]["customer_phone"] == "+919876543210"
