@@ -21,6 +21,7 @@ from edge.broker import acl
 log = logging.getLogger(__name__)
 
 SecretLookup = Callable[[str], Awaitable[str | None]]
+PBKDF2_CONCURRENCY = 2
 
 
 @dataclass
@@ -36,6 +37,10 @@ class BrokerAuthority:
         # The stored hash each machine's current session logged in against: a session outlives
         # neither a decommission nor a credential rotation.
         self._session_hash: dict[str, str] = {}
+        # Wrong passwords are never cached, so a storm of refused CONNECTs costs a PBKDF2 run
+        # each: at most this many run at once, leaving the rest of the gateway its CPU and
+        # the default thread pool.
+        self._pbkdf2_slots = asyncio.Semaphore(PBKDF2_CONCURRENCY)
 
     def is_gateway(self, session: Session) -> bool:
         return session.client_id == self.gateway_client_id and (
@@ -62,7 +67,8 @@ class BrokerAuthority:
             self._session_hash[username] = stored
             return True
         try:
-            ok = await asyncio.to_thread(verify_secret, password, stored)
+            async with self._pbkdf2_slots:
+                ok = await asyncio.to_thread(verify_secret, password, stored)
         except CredentialFormatError:
             log.warning("machine %s has a malformed secret hash", username)
             return False

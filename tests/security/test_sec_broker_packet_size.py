@@ -101,3 +101,17 @@ async def test_amqtt_packet_under_the_limit_passes(
         # the log (whatever the gateway made of it) and the presence
         assert site.gateway_traffic() == traffic + 2
         assert site.metric("gateway_mqtt_oversized_packets_total") == 0
+
+
+async def test_amqtt_malformed_remaining_length_closes_the_connection(
+    tmp_path: Path, creds: dict[str, MachineCreds]
+) -> None:
+    """A remaining length longer than four bytes is a protocol error; amqtt 0.12.1 discards
+    it and goes on reading from the middle of the stream."""
+    async with running_site("amqtt", tmp_path, creds) as site:
+        async with raw_session(site.port, "M2", "M2", creds["M2"].secret, clean=True) as m2:
+            assert await m2.connack() == ACCEPTED
+            with contextlib.suppress(ConnectionError):
+                await m2.send(bytes([PUBLISH << 4, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]))
+            assert await m2.read_packet(within=5) is None
+        await site.presence_round_trip("M2")
