@@ -387,7 +387,8 @@ class GatewayStore:
         outcome = await self._writer.run(
             lambda db: signed.apply(db, machine_id, suffix, payload, marks)
         )
-        if outcome.status in ("applied", "corrected"):
+        # An inventory report changes no order and adds nothing to the outbox.
+        if outcome.status in ("applied", "corrected") and outcome.ack_id is not None:
             await self._notify([outcome.order_id])
         if outcome.mark is not None:
             mark, high = outcome.mark

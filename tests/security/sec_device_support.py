@@ -22,7 +22,7 @@ from amqtt.mqtt.constants import QOS_1
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "edge"))
 
 from gw_device_double import DeviceDouble
-from gw_support import gateway_settings, load_site
+from gw_support import gateway_settings, load_site, make_machine
 from polling import wait_for
 from standalone_site import MachineCreds
 
@@ -276,5 +276,6 @@ class Sniffer:
 
 
 __all__ = [
-    "Attacker", "DeviceDouble", "Site", "Sniffer", "attacker", "creds", "signed", "wait_for",
+    "Attacker", "DeviceDouble", "Site", "Sniffer", "attacker", "creds", "make_machine", "signed",
+    "wait_for",
 ]  # fmt: skip

@@ -10,10 +10,11 @@ import os
 import time
 from pathlib import Path
 
-from sec_device_support import Site, Sniffer, attacker, creds, signed, wait_for
+from sec_device_support import Site, Sniffer, attacker, creds, make_machine, signed, wait_for
 from standalone_site import MachineCreds
 
 from contracts import topics
+from contracts.sync import StateResponse
 from edge.store.sequences import WINDOW, sidecar_path
 from tools.virtual_esp32 import VirtualDevice
 
@@ -184,3 +185,61 @@ async def test_a_delayed_genuine_event_counts_once_and_old_seqs_do_not(
 
         await wait_for(refused_again)
         assert await gateway.store.machine_credit("M1", "INR") == 1001
+
+
+async def test_a_new_key_starts_a_new_sequence_and_the_old_key_is_dead(
+    tmp_path: Path, creds: dict[str, MachineCreds]
+) -> None:
+    """The cloud re-credentials a stolen machine: what the old secret signs is refused from then
+    on, and the re-flashed device (new secret, journal counting from scratch) is not taken for a
+    replay of the old one."""
+    site = Site(tmp_path / "gw", creds)
+    old = creds["M1"]
+    fresh = MachineCreds.new("M1")
+    async with site.running() as gateway:
+        async with attacker(gateway.mqtt_port, old) as device:
+            first = _credit(100)
+            await device.publish(topics.CASH_CREDIT, signed(old, 10**15, first))
+            await device.acked(str(first["id"]))
+        await gateway.store.apply_state(
+            StateResponse(
+                cursor=2, machines=[make_machine("M1", fresh, stock={"A1": 5}, version=2)]
+            )
+        )
+        async with attacker(gateway.mqtt_port, fresh) as device:
+            await device.publish(topics.CASH_CREDIT, signed(old, 10**15 + 1, _credit(5000)))
+
+            async def refused() -> bool:
+                return site.refused("bad_signature") == 1
+
+            await wait_for(refused)
+            second = _credit(200)
+            await device.publish(topics.CASH_CREDIT, signed(fresh, 1, second))
+            await device.acked(str(second["id"]))
+        assert await gateway.store.machine_credit("M1", "INR") == 300
+
+
+async def test_an_unreadable_sidecar_does_not_stop_the_gateway(
+    tmp_path: Path, creds: dict[str, MachineCreds]
+) -> None:
+    """The database's own marks still hold; the sidecar is written again from them."""
+    site = Site(tmp_path / "gw", creds)
+    m1 = creds["M1"]
+    async with site.running() as gateway, attacker(gateway.mqtt_port, m1) as device:
+        credit = _credit(100)
+        message = signed(m1, 10**15, credit)
+        await device.publish(topics.CASH_CREDIT, message)
+        await device.acked(str(credit["id"]))
+    sidecar = sidecar_path(site.db_path)
+    sidecar.write_text("{not json")
+    async with site.running(load=False) as gateway, attacker(gateway.mqtt_port, m1) as device:
+        rewritten = json.loads(sidecar.read_text())
+        assert list(rewritten["machines"]["M1"].values()) == [10**15]
+        assert sidecar.stat().st_mode & 0o777 == 0o600
+        await device.publish(topics.CASH_CREDIT, signed(m1, 10**15 - WINDOW, _credit(5000)))
+
+        async def refused() -> bool:
+            return site.refused("replay") == 1
+
+        await wait_for(refused)
+        assert await gateway.store.machine_credit("M1", "INR") == 100
