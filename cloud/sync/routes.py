@@ -4,7 +4,7 @@ import uuid
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from cloud.db import schema as t
 from cloud.db import sealed
@@ -16,6 +16,7 @@ from cloud.models.common import MAX_SAFE_INT, Input
 from cloud.payments.provider import PaymentRequest
 from cloud.sync.events import store_batch
 from cloud.sync.identity import authenticate_gateway
+from contracts.numbers import QUERY_INTEGER
 from contracts.sync import (
     SYNC_PREFIX,
     CatalogItemState,
@@ -33,7 +34,8 @@ _CATALOG_FIELDS = list(CatalogItemState.model_fields)
 
 
 class StateQuery(Input):
-    cursor: Annotated[int, Field(ge=0, le=MAX_SAFE_INT)] = 0
+    # The integer rule of both APIs (contracts.numbers): decimal digits only.
+    cursor: Annotated[StrictInt, Field(ge=0, le=MAX_SAFE_INT), QUERY_INTEGER] = 0
 
 
 @api.route(
