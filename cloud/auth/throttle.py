@@ -177,6 +177,49 @@ async def _ensure_rows(conn: AsyncConnection, keys: list[str], now: datetime) ->
     await conn.execute(insert(t.login_throttle).values(values).on_conflict_do_nothing())
 
 
+# Refusals while locked are logged at most once per address in this time, so a flood of
+# requests answered 429 does not become a flood of audit rows.
+REFUSAL_LOG_EVERY = timedelta(seconds=60)
+
+
+async def record_refusal(conn: AsyncConnection, *, email: str, address: str) -> None:
+    # The address's throttle row (there is one: a lock needs earlier failures) serializes
+    # concurrent refusals, so only one of a burst writes the row.
+    await conn.execute(
+        sa.select(t.login_throttle.c.key)
+        .where(t.login_throttle.c.key == f"addr:{address}")
+        .with_for_update()
+    )
+    recent = await conn.scalar(
+        sa.select(t.login_audit.c.id)
+        .where(
+            t.login_audit.c.client_address == address[:64],
+            t.login_audit.c.created_at >= utcnow() - REFUSAL_LOG_EVERY,
+            t.login_audit.c.reason == "throttled",
+        )
+        .limit(1)
+    )
+    if recent is not None:
+        return
+    # Attributed to every account with this address, so their tenants' admins see the attack.
+    accounts: list[tuple[str | None, str | None]] = [
+        (row.id, row.tenant_id)
+        for row in await conn.execute(
+            sa.select(t.users.c.id, t.users.c.tenant_id).where(t.users.c.email == email).limit(10)
+        )
+    ]
+    for user_id, tenant_id in accounts or [(None, None)]:
+        await record_login(
+            conn,
+            email=email,
+            address=address,
+            outcome="refused",
+            reason="throttled",
+            tenant_id=tenant_id,
+            user_id=user_id,
+        )
+
+
 async def record_login(
     conn: AsyncConnection,
     *,

@@ -100,6 +100,7 @@ login_audit = sa.Table(
     sa.Column("created_at", Ts, nullable=False),
     sa.Index("ix_login_audit_tenant_created", "tenant_id", "created_at"),
     sa.Index("ix_login_audit_email_address", "email", "client_address", "outcome"),
+    sa.Index("ix_login_audit_address_created", "client_address", "created_at"),
 )
 
 sites = sa.Table(

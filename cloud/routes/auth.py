@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.auth.permissions import Role, permissions_for
 from cloud.auth.sessions import end_sessions, open_session
-from cloud.auth.throttle import Throttle, record_login
+from cloud.auth.throttle import Throttle, record_login, record_refusal
 from cloud.auth.tokens import new_opaque_token, token_digest
 from cloud.db import schema as t
 from cloud.db.times import as_utc, utcnow
@@ -105,9 +105,7 @@ async def login(call: Call) -> TokenPair:
             await throttle.reserve(conn, email, address)
     except TooManyRequests:
         async with engine.begin() as conn:
-            await record_login(
-                conn, email=email, address=address, outcome="refused", reason="throttled"
-            )
+            await record_refusal(conn, email=email, address=address)
         raise
 
     query = sa.select(t.users).where(t.users.c.email == email)

@@ -108,6 +108,9 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_login_audit_tenant_created", ["tenant_id", "created_at"], unique=False
         )
+        batch_op.create_index(
+            "ix_login_audit_address_created", ["client_address", "created_at"], unique=False
+        )
 
 
 def downgrade() -> None:
