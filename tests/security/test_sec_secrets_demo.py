@@ -13,12 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 from sec_secrets_support import CommandLineSampler, FakeCloud, free_port
 
 from provisioning.cloud_api import CloudApi
@@ -58,11 +58,11 @@ class RunningDemo:
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], within: float) -> None:
-    deadline = time.monotonic() + within
-    while not path.exists():
+    async def appeared() -> bool:
         assert proc.poll() is None, f"the demo exited early with {proc.returncode}"
-        assert time.monotonic() < deadline, f"{path} did not appear within {within}s"
-        time.sleep(0.01)
+        return await asyncio.to_thread(path.exists)
+
+    asyncio.run(wait_for(appeared, within=within, interval=0.01))
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,10 @@
 backup, a stolen SD card) finds no command key and no customer phone number in it; a wrong
 master key stops the gateway at start with a clear error; rekey moves everything to a new key."""
 
+import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +144,44 @@ async def test_rekey_moves_everything_to_the_new_key(tmp_path: Path) -> None:
         assert len(await store.retry_dead_letters()) == 1
         events = await store.outbox_pending(100)
         assert any(e.payload.get("customer_phone") == PHONE for e in events)
+
+
+def test_gateway_rekey_command_prints_key_ids_only(tmp_path: Path) -> None:
+    old, new = KeyRing.generate_text("old"), KeyRing.generate_text("new")
+
+    async def fill_with_old_key() -> None:
+        async with GatewayStore(settings(tmp_path, old)) as store:
+            await fill(store, MachineCreds.new("M1"))
+
+    asyncio.run(fill_with_old_key())
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "vending-gateway"), "rekey"],
+        env={
+            **os.environ,
+            "VENDING_GATEWAY_DATA_DIR": str(tmp_path),
+            "VENDING_GATEWAY_MASTER_KEYS": f"{new},{old}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 command keys, 1 phone numbers" in result.stdout
+    assert "keys no longer used: old" in result.stdout
+    for key in (old, new):
+        assert key.split(":")[1] not in result.stdout + result.stderr
+    wrong = subprocess.run(
+        [str(Path(sys.executable).parent / "vending-gateway"), "rekey"],
+        env={
+            **os.environ,
+            "VENDING_GATEWAY_DATA_DIR": str(tmp_path),
+            "VENDING_GATEWAY_MASTER_KEYS": "new:" + "00" * 32,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert wrong.returncode == 1
+    assert "master key 'new' does not match" in wrong.stderr
