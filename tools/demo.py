@@ -283,7 +283,8 @@ class Demo:
             )
             if match is not None:
                 return match
-            print(f"demo: {name} could not start on {ports}, retrying on free ports", flush=True)
+            wanted = ", ".join(str(port) for port in ports.values())
+            print(f"demo: {name} did not start on {wanted}; trying free ports", flush=True)
         raise DemoError(f"{name} did not start (see {self.logs / (name + '.log')})")
 
     def _check_owner(self, name: str, url_or_port: str | int) -> None:
