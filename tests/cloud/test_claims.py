@@ -131,7 +131,8 @@ async def test_claim_bad_input(tenant, api):
         _claim_body(code_hash="ABC"),
         _claim_body(code_hash="G" * 64),
         _claim_body(ttl_s=3601),
-        _claim_body(ttl_s=900.0),
+        _claim_body(ttl_s=900.5),  # 900.0 is the integer 900 (contracts.numbers)
+        _claim_body(ttl_s="900"),
         _claim_body(ttl_s=10),
         _claim_body(nonce="not base64!!"),
         _claim_body(ciphertext=""),
