@@ -66,6 +66,9 @@ class CloudSettings(BaseSettings):
     # A successful login from an address within this many days exempts it from the
     # account-wide lock.
     login_trusted_address_days: int = Field(default=30, ge=0)
+    # Every login checks at least this many password hashes (dummies fill up), so a login does
+    # not take longer when its address also has an account in another tenant (docs/security.md).
+    login_password_checks: int = Field(default=2, ge=1, le=10)
 
     sandbox_approve_delay_s: float = Field(default=1.0, ge=0)
     payment_expiry_s: int = Field(default=900, gt=0)

@@ -115,17 +115,15 @@ async def login(call: Call) -> TokenPair:
         accounts = (
             await conn.execute(query.order_by(t.users.c.created_at).limit(_MAX_ACCOUNTS_PER_EMAIL))
         ).all()
-    passwords = call.ctx.passwords
-    if accounts:
-        # Concurrently, so an address with accounts in two tenants costs about one hash's time.
-        checks = await asyncio.gather(
-            *(
-                passwords.verify(a.password_hash if a.active else None, body.password)
-                for a in accounts
-            )
-        )
-    else:
-        checks = [await passwords.verify(None, body.password)]
+    # Always the same number of hash checks (real ones, then dummies), at least
+    # LOGIN_PASSWORD_CHECKS: otherwise a login to an address that also has an account in another
+    # tenant would take one hash longer, and that tenant's existence could be timed.
+    stored = [a.password_hash if a.active else None for a in accounts]
+    padding = max(0, call.ctx.settings.login_password_checks - len(stored))
+    results = await asyncio.gather(
+        *(call.ctx.passwords.verify(h, body.password) for h in stored + [None] * padding)
+    )
+    checks = results[: len(accounts)]
     now = utcnow()
     matched = [a for a, ok in zip(accounts, checks, strict=False) if ok and _usable(a, now) is None]
     if len(matched) != 1:

@@ -75,3 +75,20 @@ async def test_one_password_for_two_tenants_needs_the_tenant(make_tenant, api):
     assert chosen.status == 200
     profile = await api.as_user(chosen.data["access_token"]).call("GET", "/api/v1/auth/profile")
     assert profile.data["tenant_id"] == b.id
+
+
+async def test_a_login_does_the_same_work_whether_or_not_another_tenant_has_the_address(
+    make_tenant, api, cloud
+):
+    # Timing: hashes run one after another, so one more account would mean one more hash's time.
+    a, b = await make_tenant(), await make_tenant()
+    await add_user(b, "viewer", email="solo@b.example", password="b's own password")
+    await add_user(a, "viewer", email="twice@shared.example")
+    await add_user(b, "viewer", email="twice@shared.example", password="b's own password")
+    passwords = cloud.context.passwords
+    work = {}
+    for email in ("solo@b.example", "twice@shared.example", "nobody@nowhere.example"):
+        before = passwords.verifications
+        await login(api, email, "b's own password")
+        work[email] = passwords.verifications - before
+    assert set(work.values()) == {cloud.settings.login_password_checks}, work
