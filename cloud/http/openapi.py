@@ -24,9 +24,9 @@ def error_statuses(ep: Endpoint) -> set[int]:
     # Every route refuses NUL in its path and query with a 400.
     statuses = {400, *ep.errors}
     if not ep.public:
-        statuses.add(401)
-        if ep.permission is not None:
-            statuses.add(403)
+        # 403 too without a permission: a token that must change its password opens only
+        # change-password, profile and logout (cloud.auth.sessions).
+        statuses |= {401, 403}
     if "{" in ep.path:
         statuses.add(404)
     return statuses
