@@ -45,7 +45,8 @@ RULES = "\n".join(
     [
         "Rules every request is held to (each refusal is a 400 error envelope):",
         "",
-        "- No string anywhere in a request (body, query, path) may contain NUL (U+0000).",
+        "- No string the server reads from a request (body, path or query parameter) may "
+        "contain NUL (U+0000).",
         "- Fields described as printable text also refuse the control characters U+0001-U+001F "
         "and U+007F-U+009F and lone surrogates (a \\ud800-\\udfff escape that is not half of a "
         "pair); the pattern states the control-character part.",
