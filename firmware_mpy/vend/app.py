@@ -30,7 +30,7 @@ class Device:
         self.journal = Journal(keep=cfg["journal_keep"], keep_results=cfg["journal_keep_results"])
         self.clock = Clock(hw.clock_synced())
         self.telemetry = reports.Telemetry(cfg["telemetry_queue"])
-        self.signer = reports.Signer(cfg["up_key"], self.mid, self.journal)
+        self.signer = reports.Signer(cfg["up_key"], self.mid, self.journal, self.clock)
         self.dispenser = Dispenser(self, cfg, hw, self.journal, self.clock)
         self.commands = []
         self.commands_ready = asyncio.Event()
@@ -281,7 +281,6 @@ class Device:
         lost = []
         if journal.broken:
             journal.boot += 1
-            journal.seq_floor(self.clock.ts())
         else:
             lost = journal.start_boot(self.clock.ts(), self.signer.seal)
         await self.hal.start()

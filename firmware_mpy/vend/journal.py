@@ -100,14 +100,19 @@ class Journal:
     def unacked(self):
         return [e for e in self.entries if e[2] == DONE and not e[3]]
 
-    def next_seq(self):
+    def next_seq(self, ts=0):
         """The next signed-message counter. Raises JournalError when a new block cannot be
-        reserved on flash (then nothing may be signed: a reboot could hand out the seq again)."""
+        reserved on flash (then nothing may be signed: a reboot could hand out the seq again).
+
+        With no reservation yet (new or wiped flash) counting starts above the clock `ts` in
+        seconds, so a re-flashed device carrying the same key is not taken for a replay of its
+        old self. Taken at the first signing, not at boot: an ESP32 has its NTP time by then."""
+        if self.seq_reserved == 0 and self.seq < ts:
+            self.seq = ts
         if self.seq >= self.seq_reserved:
             old = self.seq_reserved
             self.seq_reserved = self.seq + SEQ_BLOCK
-            # A broken journal is never overwritten (see __init__); its seqs come from the
-            # clock-based start in start_boot / the app and stay in RAM.
+            # A broken journal is never overwritten (see __init__); its seqs stay in RAM.
             if self.broken is None:
                 try:
                     self.save()
@@ -117,19 +122,16 @@ class Journal:
         self.seq += 1
         return self.seq
 
-    def seq_floor(self, ts):
-        """No reservation yet (new or wiped flash): start above the clock in seconds, so a
-        re-flashed device carrying the same key is not taken for a replay of its old self."""
-        if self.seq_reserved == 0 and self.seq < ts:
-            self.seq = self.seq_reserved = ts
-
     def start_boot(self, ts, seal):
         """Count this power-up and turn every interrupted dispense into an 'unknown' result,
         signed with `seal` (dict -> envelope text).
 
         Returns the ids of the interrupted dispenses. Never re-runs them."""
         self.boot += 1
-        self.seq_floor(ts)
+        if self.seq_reserved == 0 and ts:
+            # The clock is known: reserve the first block now, with this boot's write.
+            self.seq = ts
+            self.seq_reserved = ts + SEQ_BLOCK
         lost = []
         for e in self.entries:
             if e[2] == STARTED:

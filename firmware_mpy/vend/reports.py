@@ -55,15 +55,16 @@ class Signer:
     {"v":1,"body":"<JSON with mid and seq>","sig":"<HMAC-SHA256 hex of the body, key k_up>"}
     (contracts/signing.py). The seq comes from the journal, so it never repeats."""
 
-    def __init__(self, key, mid, journal):
+    def __init__(self, key, mid, journal, clock):
         self._key = key
         self._mid = mid
         self._journal = journal
+        self._clock = clock
 
     def seal(self, fields):
         """dict -> envelope text. Raises JournalError if no seq can be reserved."""
         fields["mid"] = self._mid
-        fields["seq"] = self._journal.next_seq()
+        fields["seq"] = self._journal.next_seq(self._clock.ts())
         body = json.dumps(fields, separators=(",", ":"))
         return '{"v":1,"body":%s,"sig":"%s"}' % (
             json.dumps(body),

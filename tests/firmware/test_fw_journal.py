@@ -47,16 +47,19 @@ import json
 from vend.journal import SEQ_BLOCK, Journal
 out = {"block": SEQ_BLOCK}
 k = Journal("k.json")
-k.start_boot(1000, json.dumps)  # a fresh journal starts above the clock
-out["first"] = [k.next_seq() for _ in range(3)]
+k.start_boot(1000, json.dumps)
+out["first"] = [k.next_seq(1000) for _ in range(3)]  # a fresh journal starts above the clock
 with open("k.json") as f:
     out["reserved"] = json.load(f)["s"]
 k2 = Journal("k.json")  # power cut: the seqs handed out from RAM are lost with it
-k2.start_boot(5, json.dumps)  # a clock behind the reservation changes nothing
-out["after_reboot"] = k2.next_seq()
-out["later"] = [k2.next_seq() for _ in range(SEQ_BLOCK)][-1]
+k2.start_boot(5, json.dumps)
+out["after_reboot"] = k2.next_seq(5)  # a clock behind the reservation changes nothing
+out["later"] = [k2.next_seq(10**10) for _ in range(SEQ_BLOCK)][-1]  # nor one far ahead
 with open("k.json") as f:
     out["reserved2"] = json.load(f)["s"]
+m = Journal("m.json")
+m.start_boot(0, json.dumps)  # an ESP32 before NTP: no clock at boot ...
+out["late_clock"] = m.next_seq(2000)  # ... but by the first signing
 print(json.dumps(out))
 """
 
@@ -106,3 +109,4 @@ def test_message_counter_never_repeats_across_reboots(tmp_path: Path) -> None:
     assert got["after_reboot"] == 1000 + block + 1
     assert got["later"] == 1000 + 2 * block + 1
     assert got["reserved2"] == 1000 + 3 * block
+    assert got["late_clock"] == 2001
