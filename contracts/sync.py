@@ -26,7 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from contracts.money import Amount, Currency, PositiveAmount
 from contracts.numbers import WHOLE_NUMBER
 from contracts.orders import ItemDispenseStatus, OrderStatus, PaymentMethod
-from contracts.text import NOT_BLANK, PRINTABLE, DeviceReason, PersonName, PhoneNumber, Ref
+from contracts.text import (
+    NOT_BLANK,
+    PRINTABLE,
+    DeviceReason,
+    PersonName,
+    PhoneNumber,
+    Ref,
+    StateName,
+)
 
 SYNC_PREFIX = "/sync/v1"
 MAX_BATCH = 500
@@ -168,7 +176,7 @@ class InventoryChange(_Model):
 class CatalogItemState(_Model):
     id: str
     slot: str
-    name: str
+    name: StateName
     category: str | None = None
     price: Amount
     currency: Currency

@@ -55,6 +55,10 @@ def _clean_reason(value: object) -> object:
     return clean_device_text(value, MAX_DEVICE_REASON)
 
 
+def _clean_state_text(value: object) -> object:
+    return _FORBIDDEN.sub("\ufffd", value) if isinstance(value, str) else value
+
+
 def _not_blank(value: str) -> str:
     value = _printable(value)
     if not value.strip():
@@ -105,6 +109,11 @@ PersonName = Annotated[str, Field(min_length=1, max_length=MAX_PERSON_NAME), NOT
 # because \d also matches other scripts' digits in Python and Rust.
 PHONE_PATTERN = r"^\+[1-9][0-9]{7,14}$"
 PhoneNumber = Annotated[str, Field(pattern=PHONE_PATTERN, min_length=9, max_length=16)]
+
+# A name in the cloud's state, as the gateway stores it: a name saved before the cloud refused
+# control characters is cleaned on the way in (never refused: the whole pull would fail), so
+# the order snapshots that copy it still pass the sync contract.
+StateName = Annotated[str, BeforeValidator(_clean_state_text)]
 
 # Cleaned rather than refused (see ``clean_device_text``), so any string validates.
 DeviceReason = Annotated[str, BeforeValidator(_clean_reason), Field(max_length=MAX_DEVICE_REASON)]

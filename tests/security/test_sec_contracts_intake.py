@@ -13,9 +13,10 @@ from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from sec_contracts_support import live_gateway
+from standalone_site import MachineCreds, machine_state
 
 from cloud.sync.events import _PAYLOADS
-from contracts.sync import DispenseRecord, OutboxEvent
+from contracts.sync import DispenseRecord, OutboxEvent, StateResponse
 from edge.http.schemas import CreateOrderRequest
 
 
@@ -185,3 +186,32 @@ def test_device_reasons_are_cleaned_not_refused() -> None:
     assert record.reason is not None and len(record.reason) == 64
     assert record.reason.startswith("jam\ufffd\ufffd\ufffd")
     _PAYLOADS["dispense.result"].model_validate(record.model_dump(mode="json"))
+
+
+async def test_a_legacy_catalog_name_does_not_block_orders(tmp_path: Path) -> None:
+    """A name saved in the cloud before it refused control characters arrives in a pull: the
+    gateway stores it cleaned, so orders for the item still make snapshots the cloud accepts."""
+    async with live_gateway(tmp_path) as gateway:
+        pulled = {
+            "cursor": 2,
+            "machines": [
+                machine_state(
+                    "M1",
+                    MachineCreds.new("M1"),
+                    {"A1": ("Cola", "drinks", 2500, 5)},
+                    name="Machine M1",
+                    location="Lobby",
+                    version=2,
+                ).model_dump(mode="json")
+            ],
+        }
+        pulled["machines"][0]["catalog"][0]["name"] = "Cola\nZero\u0000"
+        await gateway.store.apply_state(StateResponse.model_validate(pulled))
+        async with aiohttp.ClientSession(base_url=gateway.http_url) as http:
+            async with http.post("/api/v1/orders", json=order()) as resp:
+                assert resp.status == 201, await resp.text()
+                item = (await resp.json())["data"]["items"][0]
+        assert item["name"] == "Cola\ufffdZero\ufffd"
+        events = await gateway.store.outbox_pending(100)
+    for event in events:
+        _PAYLOADS[event.type].model_validate(event.payload)
