@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from cloud.auth import keys
 from cloud.auth.passwords import Passwords
+from cloud.auth.retention import prune_auth_records
 from cloud.bootstrap import create_tenant_with_admin
 from cloud.db import sealed
 from cloud.db.engine import create_engine
@@ -45,6 +46,20 @@ async def _migrate(settings: CloudSettings) -> None:
         await upgrade(engine)
     finally:
         await engine.dispose()
+
+
+async def _prune_auth(settings: CloudSettings, audit_days: int) -> None:
+    prepare_storage(settings)
+    engine = create_engine(settings.database_url)
+    try:
+        await upgrade(engine)
+        pruned = await prune_auth_records(engine, settings, audit_days=audit_days)
+    finally:
+        await engine.dispose()
+    print(
+        f"dropped {pruned.refresh_tokens} refresh tokens, {pruned.sessions} sessions, "
+        f"{pruned.throttle_rows} throttle rows, {pruned.audit_rows} audit rows"
+    )
 
 
 def _admin_password(args: argparse.Namespace) -> str:
@@ -142,6 +157,11 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument(
         "--prune", action="store_true", help="only drop retired keys whose tokens have expired"
     )
+    prune = sub.add_parser(
+        "prune-auth",
+        help="drop expired refresh tokens and sessions, stale throttle rows, old login audit rows",
+    )
+    prune.add_argument("--audit-days", type=int, default=90, help="keep this many days of audit")
     return parser
 
 
@@ -162,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_rekey(settings))
         elif args.command == "rotate-jwt-key":
             _rotate_jwt_key(settings, args)
+        elif args.command == "prune-auth":
+            asyncio.run(_prune_auth(settings, args.audit_days))
         else:
             asyncio.run(_create_tenant(settings, args))
     except CloudError as exc:
