@@ -43,6 +43,11 @@ async def test_upgrade_keeps_users_and_their_tokens(db_url):
             ).one()
             assert tuple(row) == ("a@example.com", 0, False)
             assert await conn.scalar(sa.text("SELECT user_id FROM refresh_tokens")) == "u1"
+            # The open refresh-token family became an open session: nobody is logged out.
+            session = (
+                await conn.execute(sa.text("SELECT id, user_id, revoked_at FROM user_sessions"))
+            ).one()
+            assert tuple(session) == ("f1", "u1", None)
             if engine.dialect.name == "sqlite":
                 assert (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all() == []
         await upgrade(engine, "0002")  # and back

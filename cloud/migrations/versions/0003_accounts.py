@@ -74,6 +74,14 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("user_sessions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_user_sessions_user_id"), ["user_id"], unique=False)
+    # Sessions that exist already (refresh-token families) get their row, so nobody is logged
+    # out by the upgrade; a family whose tokens are all revoked is an ended session.
+    op.execute(
+        "INSERT INTO user_sessions (id, user_id, created_at, revoked_at) "
+        "SELECT family_id, MIN(user_id), MIN(created_at), "
+        "CASE WHEN COUNT(*) = COUNT(revoked_at) THEN MAX(revoked_at) END "
+        "FROM refresh_tokens GROUP BY family_id"
+    )
 
     op.create_table(
         "login_throttle",
