@@ -135,13 +135,19 @@ async def login(call: Call) -> TokenPair:
                     conn, email=email, address=address, outcome="failure", reason="unknown_email"
                 )
             for account, ok in zip(accounts, checks, strict=False):
-                reason = "several_tenants" if matched else (_usable(account, now) if ok else None)
+                if account in matched:
+                    outcome, reason = "refused", "several_tenants"
+                else:
+                    outcome = "failure"
+                    reason = (_usable(account, now) if ok else None) or (
+                        "bad_password" if account.active else "disabled"
+                    )
                 await record_login(
                     conn,
                     email=email,
                     address=address,
-                    outcome="refused" if matched else "failure",
-                    reason=reason or ("disabled" if not account.active else "bad_password"),
+                    outcome=outcome,
+                    reason=reason,
                     tenant_id=account.tenant_id,
                     user_id=account.id,
                 )

@@ -71,6 +71,10 @@ async def test_one_password_for_two_tenants_needs_the_tenant(make_tenant, api):
     ambiguous = await login(api, "both@shared.example")
     assert ambiguous.status == 409
     assert sorted(ambiguous.error["details"]["tenant_ids"]) == sorted([a.id, b.id])
+    audit = (await a.admin.call("GET", "/api/v1/audit/logins")).data
+    assert ("refused", "several_tenants") in {
+        (r["outcome"], r["reason"]) for r in audit if r["email"] == "both@shared.example"
+    }
     chosen = await login(api, "both@shared.example", tenant_id=b.id)
     assert chosen.status == 200
     profile = await api.as_user(chosen.data["access_token"]).call("GET", "/api/v1/auth/profile")

@@ -61,6 +61,12 @@ async def test_disabled_users_token_and_refresh_token_are_refused(tenant):
     )
     assert refresh.status == 401
     assert (await login(tenant.admin, row["email"])).status == 401
+    audit = (await tenant.admin.call("GET", "/api/v1/audit/logins")).data
+    assert (audit[0]["email"], audit[0]["outcome"], audit[0]["reason"]) == (
+        row["email"],
+        "failure",
+        "disabled",
+    )
 
     # Enabling the user again does not bring the old tokens back.
     enabled = await tenant.admin.call("PATCH", f"/api/v1/users/{row['id']}", {"active": True})
