@@ -145,6 +145,14 @@ async def resolve(conn: AsyncConnection, gateway_id: str, event_ids: list[str]) 
     """Events now stored leave the open list (a gateway re-sent them, fixed)."""
     if not event_ids:
         return
+    letters = t.sync_dead_letters
+    waiting = await conn.scalar(
+        sa.select(letters.c.id)
+        .where(letters.c.gateway_id == gateway_id, letters.c.state == OPEN)
+        .limit(1)
+    )
+    if waiting is None:
+        return  # the common case: nothing of this gateway waits, skip the IN (...) update
     await conn.execute(
         t.sync_dead_letters.update()
         .where(

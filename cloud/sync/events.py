@@ -323,11 +323,23 @@ def _is_data_error(exc: sa.exc.DBAPIError) -> bool:
     return isinstance(exc, sa.exc.DataError) or str(sqlstate or "").startswith("22")
 
 
-async def _apply_one(conn: AsyncConnection, gateway: Gateway, parsed: _Parsed) -> Refusal | None:
-    """Apply one valid event inside a savepoint, so its failure undoes only itself. Identity
-    conflicts and integrity races still end the whole transaction (409 / a retry)."""
+class _ApplyFailed(Exception):
+    """An event failed to apply in a batch run without savepoints: run the batch again with one
+    savepoint per event, so that event alone is rejected."""
+
+
+async def _apply_one(
+    conn: AsyncConnection, gateway: Gateway, parsed: _Parsed, *, isolate: bool = True
+) -> Refusal | None:
+    """Apply one valid event. With ``isolate`` it runs in a savepoint, so its failure undoes
+    only itself and is returned as a refusal; without, a failure raises ``_ApplyFailed`` (the
+    common batch, where nothing fails, pays no savepoint round trips). Identity conflicts and
+    integrity races always end the whole transaction (409 / a retry)."""
     try:
-        async with conn.begin_nested():
+        if isolate:
+            async with conn.begin_nested():
+                await _apply(conn, gateway, parsed)
+        else:
             await _apply(conn, gateway, parsed)
     except Conflict:
         raise
@@ -335,9 +347,13 @@ async def _apply_one(conn: AsyncConnection, gateway: Gateway, parsed: _Parsed) -
         if not _is_data_error(exc):
             # Integrity races, locks, a lost connection: not this event's fault.
             raise
+        if not isolate:
+            raise _ApplyFailed from exc
         log.warning("event %s not storable: %s", parsed.event.event_id, exc.orig)
         return Refusal("not_storable", "the database refused a value of this event")
-    except Exception:
+    except Exception as exc:
+        if not isolate:
+            raise _ApplyFailed from exc
         # A bug in applying one kind of event must not stall the site's whole sync: keep the
         # event aside; once the cloud is fixed an operator retries it.
         log.exception("event %s could not be applied", parsed.event.event_id)
@@ -360,7 +376,7 @@ async def _insert_event(conn: AsyncConnection, gateway_id: str, event: OutboxEve
 
 
 async def _store(
-    conn: AsyncConnection, gateway: Gateway, items: list[_Parsed | _Refused]
+    conn: AsyncConnection, gateway: Gateway, items: list[_Parsed | _Refused], *, isolate: bool
 ) -> PushAck:
     parsed_events = [item for item in items if isinstance(item, _Parsed)]
     await _check_machines(conn, gateway, parsed_events)
@@ -391,7 +407,7 @@ async def _store(
             continue
         seen.add(event_id)
         if isinstance(item, _Parsed):
-            refused = await _apply_one(conn, gateway, item)
+            refused = await _apply_one(conn, gateway, item, isolate=isolate)
             if refused is None:
                 await _insert_event(conn, gateway.id, item.event)
                 stored.append(event_id)
@@ -444,15 +460,21 @@ async def store_batch(engine: AsyncEngine, gateway: Gateway, body: Any) -> PushA
     """Store a pushed batch (the JSON body as parsed): 400 for a malformed envelope, 409 for an
     identity conflict, otherwise each event stored, deduplicated or dead-lettered."""
     items = _parse(read_envelope(body), body)
-    for attempt in range(_RETRIES):
+    isolate = False
+    races = 0
+    while True:
         try:
             async with engine.begin() as conn:
-                return await _store(conn, gateway, items)
+                return await _store(conn, gateway, items, isolate=isolate)
+        except _ApplyFailed:
+            if isolate:
+                raise AssertionError("an isolated run never raises _ApplyFailed") from None
+            isolate = True
         except sa.exc.IntegrityError as exc:
             # A concurrent push of the same events won the race; the retry sees them as known.
-            if attempt == _RETRIES - 1:
+            races += 1
+            if races == _RETRIES:
                 raise Conflict("concurrent push of the same events; retry") from exc
-    raise AssertionError("unreachable")
 
 
 async def retry_dead_letter(engine: AsyncEngine, tenant_id: str, letter_id: str) -> Any:
