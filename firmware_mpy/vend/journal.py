@@ -124,7 +124,8 @@ class Journal:
 
     def start_boot(self, ts, seal):
         """Count this power-up and turn every interrupted dispense into an 'unknown' result,
-        signed with `seal` (dict -> envelope text).
+        signed with `seal` (dict -> envelope text). Un-acked events journalled unsigned by
+        firmware from before signing are signed now, or the gateway would refuse them forever.
 
         Returns the ids of the interrupted dispenses. Never re-runs them."""
         self.boot += 1
@@ -142,6 +143,8 @@ class Journal:
                 e[4] = seal(result)
                 e[2] = DONE
                 lost.append(e[0])
+            elif not e[3] and not e[4].startswith('{"v":1,"body":'):
+                e[4] = seal(json.loads(e[4]))
         if self.broken is None:
             self.save()
         return lost

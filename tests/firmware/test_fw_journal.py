@@ -63,6 +63,29 @@ out["late_clock"] = m.next_seq(2000)  # ... but by the first signing
 print(json.dumps(out))
 """
 
+UPGRADE_SCRIPT = """
+import json
+from vend.journal import Journal
+# written by firmware from before signing: one un-acked cash credit, one acked result
+with open("u.json", "w") as f:
+    json.dump({"v": 1, "ctr": 3, "boot": 4, "a": [], "e": [
+        ["cash0001", "c", "done", False, '{"id": "cash0001", "amount": 500, "ts": 1}'],
+        ["cmd00003", "d", "done", True, '{"id": "cmd00003", "result": "ok"}'],
+    ]}, f)
+u = Journal("u.json")
+u.start_boot(1000, lambda r: '{"v":1,"body":' + json.dumps(json.dumps(r)) + ',"sig":"x"}')
+u2 = Journal("u.json")
+print(json.dumps([e[4] for e in u2.entries]))
+"""
+
+
+def test_unsigned_events_of_older_firmware_are_signed_at_boot(tmp_path: Path) -> None:
+    got = run_micropython(UPGRADE_SCRIPT, tmp_path)
+    assert isinstance(got, list)
+    cash, acked = got
+    assert json.loads(json.loads(cash)["body"]) == {"id": "cash0001", "amount": 500, "ts": 1}
+    assert acked == '{"id": "cmd00003", "result": "ok"}'  # acked: never sent again
+
 
 def test_journal_lifecycle(tmp_path: Path) -> None:
     got = run_micropython(SCRIPT, tmp_path)
