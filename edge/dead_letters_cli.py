@@ -31,17 +31,23 @@ class _Failure(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="List or retry sync events the cloud refused."
+    config = argparse.ArgumentParser(add_help=False)
+    # Accepted before or after the subcommand; SUPPRESS keeps a later default from erasing it.
+    config.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, help="TOML or JSON settings file"
     )
-    parser.add_argument("--config", type=Path, help="TOML or JSON settings file")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="List or retry sync events the cloud refused.", parents=[config]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    listing = commands.add_parser("list", help="open dead letters, oldest first")
+    listing = commands.add_parser("list", help="open dead letters, oldest first", parents=[config])
     listing.add_argument("--all", action="store_true", help="retried ones too")
     listing.add_argument(
         "--json", action="store_true", help="one JSON object a line, payload included"
     )
-    retry = commands.add_parser("retry", help="put dead letters back into the outbox")
+    retry = commands.add_parser(
+        "retry", help="put dead letters back into the outbox", parents=[config]
+    )
     target = retry.add_mutually_exclusive_group(required=True)
     target.add_argument("id", nargs="?", type=int, help="dead letter id (from list)")
     target.add_argument("--all", action="store_true", help="every open dead letter")
@@ -111,7 +117,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         try:
-            settings = GatewaySettings.load(args.config)
+            settings = GatewaySettings.load(getattr(args, "config", None))
         except ValidationError as exc:
             raise _Failure(
                 f"invalid settings: {exc.error_count()} error(s), first: "
