@@ -87,8 +87,10 @@ class CloudSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_needs_secret(self) -> "CloudSettings":
-        if self.environment == "production" and self.jwt_secret is None:
-            raise ValueError("VENDING_CLOUD_JWT_SECRET is required in production")
+        if self.environment == "production" and self.jwt_secret is None and not self.jwt_keys_file:
+            raise ValueError(
+                "VENDING_CLOUD_JWT_SECRET or VENDING_CLOUD_JWT_KEYS_FILE is required in production"
+            )
         # HS256 with a short secret can be brute-forced offline from a single token, and then
         # any tenantId could be forged.
         if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:

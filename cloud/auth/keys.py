@@ -130,7 +130,12 @@ def load_key_ring(settings: CloudSettings) -> KeyRing:
     path = settings.resolve_jwt_keys_file()
     try:
         text = path.read_text()
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if settings.environment == "production" and settings.jwt_secret is None:
+            # Never a generated secret in production: it would differ on every replica.
+            raise KeyFileError(
+                f"JWT key file {path} does not exist; create it with vending-cloud rotate-jwt-key"
+            ) from exc
         return _legacy_ring(settings)
     except OSError as exc:
         raise KeyFileError(f"cannot read JWT key file {path}: {exc.strerror}") from exc
@@ -154,7 +159,12 @@ def rotate(settings: CloudSettings, *, stage: bool = False, now: datetime | None
     rotation once every replica has it. Returns the new (or promoted) key's kid."""
     now = now or utcnow()
     ttl = settings.access_token_ttl_s
-    ring = load_key_ring(settings)
+    try:
+        ring = load_key_ring(settings)
+    except KeyFileError:
+        if settings.resolve_jwt_keys_file().exists():
+            raise
+        ring = KeyRing(())  # production's first key file: nothing to carry over
     keys = [k for k in ring.keys if k.verifies_at(now, ttl)]
     staged = next((k for k in keys if k.state == "staged"), None)
     if stage:

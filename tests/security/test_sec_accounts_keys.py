@@ -7,11 +7,13 @@ import time
 from datetime import timedelta
 
 import jwt
+import pytest
 from polling import wait_for
 from sec_accounts_support import (  # noqa: F401
     JWT_SECRET,
     api,
     cloud,
+    cloudconf,
     db_url,
     http,
     make_tenant,
@@ -23,6 +25,7 @@ from sec_accounts_support import (  # noqa: F401
 from cloud.__main__ import main
 from cloud.auth import keys
 from cloud.db.times import utcnow
+from cloud.settings import CloudSettings
 
 
 def _kid(token: str) -> str:
@@ -99,3 +102,21 @@ def test_cli_rotates_and_never_prints_a_secret(tmp_path, monkeypatch, capsys):
         assert key["secret"] not in out
         assert key["kid"] in out or key["legacy"]
     assert (tmp_path / "data" / "jwt_keys.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_production_signs_only_with_keys_it_was_given(tmp_path):
+    # No generated secret in production (each replica would make its own): a missing key file
+    # stops the start, and the first rotation creates it with one fresh key.
+    keys_file = tmp_path / "secret" / "jwt_keys.json"
+    prod = CloudSettings(
+        environment="production",
+        data_dir=tmp_path / "data",
+        jwt_keys_file=keys_file,
+        master_keys=cloudconf.MASTER_KEYS,
+    )
+    with pytest.raises(keys.KeyFileError, match="does not exist"):
+        keys.load_key_ring(prod)
+    kid = keys.rotate(prod)
+    ring = keys.load_key_ring(prod)
+    assert [k.kid for k in ring.keys] == [kid] and not ring.active.legacy
+    assert not (tmp_path / "data" / "jwt_secret").exists()
