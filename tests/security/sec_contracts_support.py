@@ -24,8 +24,8 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 SEED = int(os.environ.get("CONTRACT_TEST_SEED", "20261129"))
 # Bounded so each server's run stays well under a minute on a 2-core machine (measured: about
 # 20 s for the cloud's 40 operations, 5 s for the kiosk's 11, while other tests ran).
-CLOUD_EXAMPLES = 20
-KIOSK_EXAMPLES = 50
+CLOUD_EXAMPLES = int(os.environ.get("CONTRACT_TEST_CLOUD_EXAMPLES", "20"))
+KIOSK_EXAMPLES = int(os.environ.get("CONTRACT_TEST_KIOSK_EXAMPLES", "50"))
 RUN_TIMEOUT_S = 240.0
 PASSWORD = "contract test password 1"
 
