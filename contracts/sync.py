@@ -21,7 +21,14 @@ The gateway is identified by its client certificate (CN = gateway id), never by 
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictInt,
+    model_serializer,
+)
 
 from contracts.money import Amount, Currency, PositiveAmount
 from contracts.numbers import WHOLE_NUMBER
@@ -101,6 +108,15 @@ class PushAck(_Model):
     accepted: StrictInt  # new events stored by this request
     duplicates: StrictInt  # events already stored before (replays)
     rejected: list[RejectedEvent] = Field(default_factory=list)  # dead-lettered by the cloud
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_rejected(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.rejected:
+            # Gateways from before dead letters refuse unknown fields: an ack with nothing
+            # rejected keeps the shape they know, so upgrading the cloud first stalls none.
+            data.pop("rejected", None)
+        return data
 
 
 # Units of one item in one order; the kiosk API refuses more, so the cloud never sees more.

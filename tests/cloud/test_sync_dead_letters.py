@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
 from test_sync_dedupe import dispense
 from test_sync_push import _count, event, order_payload
 
@@ -13,6 +14,7 @@ from cloud.db import schema as t
 from cloud.db import sealed
 from cloud.sync.dead_letters import opened_text
 from contracts.sealing import KeyRing
+from contracts.sync import PushAck
 
 DEAD_LETTERS = "/api/v1/sync/dead-letters"
 
@@ -97,7 +99,7 @@ async def test_a_fixed_event_resent_by_the_gateway_resolves_its_letter(tenant, e
     assert (await gateway.push([first])).data["rejected"]
     fixed = dict(first, seq=7, payload=order_payload(order_id, mid, version=1))
     reply = await gateway.push([fixed])
-    assert reply.data == {"ack_seq": 7, "accepted": 1, "duplicates": 0, "rejected": []}
+    assert reply.data == {"ack_seq": 7, "accepted": 1, "duplicates": 0}
     assert await _letters(tenant.admin) == []
     [resolved] = await _letters(tenant.admin, state="resolved")
     assert resolved["state"] == "resolved" and resolved["resolved_at"] is not None
@@ -220,14 +222,36 @@ async def test_rekey_reseals_the_phone_numbers_kept_in_dead_letters(
     await sealed.rekey(
         sealed.with_keys(cloud.engine, KeyRing(new.active, {**new.keys, **old.keys}))
     )
-    async with cloud.engine.connect() as conn:
-        kept = await conn.scalar(
-            sa.select(t.sync_dead_letters.c.payload).where(
-                t.sync_dead_letters.c.event_id == pushed["event_id"]
+    try:
+        async with cloud.engine.connect() as conn:
+            kept = await conn.scalar(
+                sa.select(t.sync_dead_letters.c.payload).where(
+                    t.sync_dead_letters.c.event_id == pushed["event_id"]
+                )
             )
+    finally:
+        # The PostgreSQL database is shared by the session's tests: back to their key.
+        await sealed.rekey(
+            sealed.with_keys(cloud.engine, KeyRing(old.active, {**old.keys, **new.keys}))
         )
     assert json.loads(kept)["payload"]["customer_phone"].startswith("v1.rotated.")
     # The new key alone opens it: the old one may go.
     async with sealed.with_keys(cloud.engine, new).connect() as conn:
         opened = opened_text(conn, gateway.id, pushed["event_id"], kept)
     assert json.loads(opened)["payload"]["customer_phone"] == "+919876543210"
+
+
+class _AckBeforeDeadLetters(BaseModel):
+    """``PushAck`` as gateways from before dead letters parse it (unknown fields refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ack_seq: int
+    accepted: int
+    duplicates: int
+
+
+async def test_an_ack_with_nothing_rejected_keeps_the_shape_older_gateways_know(tenant, enroll):
+    gateway, mid = await _site(tenant, enroll)
+    reply = await gateway.push([event(1, "order.snapshot", order_payload("o-1", mid, version=1))])
+    assert _AckBeforeDeadLetters.model_validate(reply.data).accepted == 1
+    assert PushAck.model_validate(reply.data).rejected == []
