@@ -200,3 +200,26 @@ async def test_an_event_for_another_sites_machine_is_isolated_and_never_stored(
     assert (letter.http_status, letter.code, letter.source) == (409, "conflict", "isolated")
     assert await _count(site, t.orders, t.orders.c.id == intruder) == 0
     assert await _count(site, t.orders, t.orders.c.machine_id == foreign_id) == 0
+
+
+async def test_a_refusal_that_is_not_the_events_fault_moves_nothing_aside(
+    synced_site: SyncedSite,
+) -> None:
+    """A revoked certificate (401 on every push) must not empty the outbox into dead letters:
+    only refusals about what was sent (400/409/413/422) blame an event."""
+    site = synced_site
+    gateway_id = site.gateway.cloud.status()["gateway_id"]
+    await site.admin.request("POST", f"/gateways/{gateway_id}/revoke")
+    order_id = str(uuid.uuid4())
+    site.write_outbox(
+        [(uuid.uuid4().hex, "order.snapshot", order_snapshot(order_id, site.machine_id, "x"))]
+    )
+
+    async def refused_twice() -> bool:
+        error = str(site.gateway.cloud.status()["last_error"] or "")
+        return "push" in error and "HTTP 401" in error
+
+    await wait_for(refused_twice, within=30)
+    assert await site.gateway.store.dead_letter_count() == 0
+    assert await site.gateway.store.outbox_backlog() == 1
+    assert await site.cloud_order(order_id) is None
