@@ -16,9 +16,11 @@ import sqlite_utils
 OPEN = "open"
 RETRIED = "retried"
 # Where the refusal came from: the cloud named the event in ``PushAck.rejected`` (it keeps a
-# dead letter too), or the gateway isolated it by splitting a batch the cloud refused whole.
+# dead letter too), the gateway isolated it by splitting a batch the cloud refused whole, or
+# the gateway could not read the row as an event at all.
 CLOUD = "cloud"
 ISOLATED = "isolated"
+UNREADABLE = "unreadable"  # the gateway itself could not read the outbox row as an event
 MAX_ERROR = 1000
 
 Db = sqlite_utils.Database

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 import sqlite_utils
+from pydantic import ValidationError
 
 from contracts.device_messages import CashCredit, DispenseResult
 from contracts.orders import DispenseOutcome, OrderStatus
@@ -138,24 +139,31 @@ class GatewayStore:
     # --- SyncStore -----------------------------------------------------------------------------
 
     async def outbox_pending(self, limit: int) -> list[OutboxEvent]:
-        def read(db: Db) -> list[OutboxEvent]:
+        def read(db: Db) -> tuple[list[OutboxEvent], list[tuple[str, str]]]:
             rows = db.execute(
                 "SELECT * FROM outbox WHERE sent = 0 ORDER BY seq LIMIT ?", [limit]
             ).fetchall()
-            return [
-                OutboxEvent(
-                    seq=row["seq"],
-                    event_id=row["event_id"],
-                    type=row["type"],
-                    occurred_at=datetime.fromisoformat(row["occurred_at"]),
-                    payload=sealed.open_outbox_payload(
-                        db, row["event_id"], json.loads(row["payload"])
-                    ),
-                )
-                for row in rows
-            ]
+            events: list[OutboxEvent] = []
+            unreadable: list[tuple[str, str]] = []
+            for row in rows:
+                try:
+                    events.append(_outbox_event(db, row))
+                except ValidationError as exc:
+                    unreadable.append((row["event_id"], _describe(exc)))
+                except ValueError as exc:
+                    unreadable.append((row["event_id"], str(exc)))
+            return events, unreadable
 
-        return await self._reader.run(read)
+        events, unreadable = await self._reader.run(read)
+        if unreadable:
+            # A row this gateway cannot even read as an event (written by another version, or
+            # damaged) would stop the push loop for good: set it aside like a refused event.
+            await self._writer.run(lambda db: _move_unreadable(db, unreadable))
+            log.warning(
+                "outbox rows this gateway cannot read, moved to the dead letters: %s",
+                ", ".join(event_id for event_id, _ in unreadable),
+            )
+        return events
 
     async def outbox_acknowledged(self, ack_seq: int) -> None:
         await self._writer.run(
@@ -449,6 +457,44 @@ class GatewayStore:
         """Read-only rows as dicts; for tests and diagnostics."""
         rows = await self._reader.run(lambda db: db.execute(sql, params or []).fetchall())
         return [dict(row) for row in rows]
+
+
+def _outbox_event(db: Db, row: Any) -> OutboxEvent:
+    """Raises ``ValueError`` (pydantic's ``ValidationError`` is one) for a row that is not an
+    event this gateway can send."""
+    try:
+        payload = json.loads(row["payload"])
+        occurred_at = datetime.fromisoformat(row["occurred_at"])
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
+    if not isinstance(payload, dict):
+        raise ValueError("the payload is not a JSON object")
+    return OutboxEvent(
+        seq=row["seq"],
+        event_id=row["event_id"],
+        type=row["type"],
+        occurred_at=occurred_at,
+        payload=sealed.open_outbox_payload(db, row["event_id"], payload),
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)[:5]
+    )
+
+
+def _move_unreadable(db: Db, unreadable: list[tuple[str, str]]) -> None:
+    for event_id, error in unreadable:
+        dead_letters.move_aside(
+            db,
+            event_id,
+            source=dead_letters.UNREADABLE,
+            http_status=None,
+            code="unreadable_event",
+            error=error,
+        )
 
 
 def _apply_state(db: Db, state: StateResponse) -> None:

@@ -223,3 +223,27 @@ async def test_a_refusal_that_is_not_the_events_fault_moves_nothing_aside(
     assert await site.gateway.store.dead_letter_count() == 0
     assert await site.gateway.store.outbox_backlog() == 1
     assert await site.cloud_order(order_id) is None
+
+
+async def test_outbox_rows_the_gateway_cannot_read_are_set_aside(synced_site: SyncedSite) -> None:
+    """Rows another gateway version wrote (an event type this one does not know, an id it would
+    not make) used to crash the push loop before anything was sent; they go to the dead letters
+    and the events behind them flow on."""
+    site = synced_site
+    order_id = str(uuid.uuid4())
+    site.write_outbox(
+        [
+            (uuid.uuid4().hex, "refund.issued", {"amount": 100}),
+            ("short", "cash.credit", {"credit_id": "c", "machine_id": site.machine_id}),
+            (uuid.uuid4().hex, "order.snapshot", order_snapshot(order_id, site.machine_id, "x")),
+        ]
+    )
+
+    async def arrived() -> bool:
+        return await site.cloud_order(order_id) is not None
+
+    await wait_for(arrived, within=30)
+    letters = await site.gateway.store.list_dead_letters()
+    assert sorted(x.type for x in letters) == ["cash.credit", "refund.issued"]
+    assert {(x.source, x.code) for x in letters} == {("unreadable", "unreadable_event")}
+    assert (await site.health())["dead_letters"]["count"] == 2
