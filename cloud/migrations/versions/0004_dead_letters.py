@@ -43,9 +43,7 @@ def upgrade() -> None:
             ["tenant_id"], ["tenants.id"], name=op.f("fk_sync_dead_letters_tenant_id_tenants")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sync_dead_letters")),
-        sa.UniqueConstraint(
-            "gateway_id", "event_id", name="uq_sync_dead_letters_gateway_event"
-        ),
+        sa.UniqueConstraint("gateway_id", "event_id", name="uq_sync_dead_letters_gateway_event"),
     )
     with op.batch_alter_table("sync_dead_letters", schema=None) as batch_op:
         batch_op.create_index(
