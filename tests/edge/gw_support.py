@@ -1,6 +1,5 @@
 """Helpers shared by the gateway tests (machines, settings, polling)."""
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,12 +8,6 @@ from standalone_site import MachineCreds, machine_state
 from contracts.sync import MachineState, StateResponse
 from edge.app import Gateway
 from edge.settings import GatewaySettings
-
-
-@dataclass
-class Mosquitto:
-    url: str
-    gateway_password: str
 
 
 def make_machine(

@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import aiohttp
+from brokers import Mosquitto
 from gw_device_double import DeviceDouble
 from gw_support import (
     MachineCreds,
-    Mosquitto,
     gateway_settings,
     load_site,
     order_status,

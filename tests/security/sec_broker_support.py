@@ -9,12 +9,7 @@ way ``tests/edge`` runs them.
 
 import asyncio
 import contextlib
-import getpass
-import os
-import shutil
-import socket
 import struct
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,14 +21,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "edge"))
 
+from brokers import gateway_mosquitto
 from gw_support import gateway_settings, load_site, make_machine, order_status
 from polling import wait_for
 from standalone_site import MachineCreds
 
-from contracts.credentials import new_mqtt_secret
 from contracts.sync import PaymentCreate, PaymentIntent, PaymentUpdate
 from edge.app import Gateway
-from edge.broker.mosquitto import LISTENER_CONFIG, render_acl, required_config
 from edge.sync.ports import PaymentsPort
 from tools.virtual_esp32 import VirtualDevice
 
@@ -44,9 +38,6 @@ __all__ = [
 
 BrokerKind = Literal["amqtt", "mosquitto"]
 BROKERS: tuple[BrokerKind, ...] = ("amqtt", "mosquitto")
-# Mosquitto cannot tell a device from the gateway's own client, so the one limit it gets is the
-# device limit (the gateway's packets are small).
-PACKET_LIMIT = 8192
 
 CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP = 2, 3, 4, 8, 9, 12, 13
 ACCEPTED, NOT_AUTHORIZED = 0, 5
@@ -112,60 +103,6 @@ class Site:
             await wait_for(applied, within=10)
 
 
-def _write_mosquitto_config(conf_dir: Path, users: dict[str, str]) -> int:
-    conf_dir.mkdir()
-    passwd = conf_dir / "passwd"
-    passwd.touch(mode=0o600)
-    for user, password in users.items():
-        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
-    (conf_dir / "acl").write_text(render_acl("gateway"))
-    with socket.socket() as probe:  # mosquitto cannot report an ephemeral port, so pick one
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    (conf_dir / "mosquitto.conf").write_text(
-        f"{required_config(PACKET_LIMIT)}persistence false\n"
-        f"user {getpass.getuser()}\npassword_file {passwd}\nacl_file {conf_dir / 'acl'}\n"
-        f"listener {port} 127.0.0.1\n{LISTENER_CONFIG}"
-    )
-    return port
-
-
-@contextlib.asynccontextmanager
-async def mosquitto_broker(
-    conf_dir: Path, creds: dict[str, MachineCreds]
-) -> AsyncIterator[tuple[str, str]]:
-    """A private Mosquitto; yields its URL and the gateway's password."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.access(binary, os.X_OK) or shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto is not installed (tools/services.py ensure)")
-    gateway_password = "gw-" + new_mqtt_secret()
-    users = {"gateway": gateway_password} | {c.id: c.secret for c in creds.values()}
-    port = await asyncio.to_thread(_write_mosquitto_config, conf_dir, users)
-    proc = await asyncio.create_subprocess_exec(
-        binary,
-        "-c",
-        str(conf_dir / "mosquitto.conf"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-
-        async def accepting() -> bool:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                return False
-            writer.close()
-            return True
-
-        await wait_for(accepting, within=10)
-        yield f"mqtt://127.0.0.1:{port}", gateway_password
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await proc.wait()
-
-
 @contextlib.asynccontextmanager
 async def running_site(
     kind: BrokerKind,
@@ -176,10 +113,14 @@ async def running_site(
     async with contextlib.AsyncExitStack() as stack:
         overrides: dict[str, Any] = {}
         if kind == "mosquitto":
-            url, password = await stack.enter_async_context(
-                mosquitto_broker(tmp_path / "mosquitto", creds)
+            devices = {c.id: c.secret for c in creds.values()}
+            broker = await stack.enter_async_context(
+                gateway_mosquitto(tmp_path / "mosquitto", devices)
             )
-            overrides = {"external_broker_url": url, "gateway_mqtt_password": password}
+            overrides = {
+                "external_broker_url": broker.url,
+                "gateway_mqtt_password": broker.gateway_password,
+            }
         gateway = await stack.enter_async_context(
             Gateway(gateway_settings(tmp_path / "gw", **overrides), payments=payments)
         )
