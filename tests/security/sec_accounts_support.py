@@ -2,38 +2,48 @@
 with login throttling tuned so locks are long enough to observe, and clients that connect from
 other loopback addresses (127.0.0.2, ...) to play a second client address."""
 
-import importlib.util
-import inspect
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import cloud_fixtures as cloudconf  # the whole module, for names not re-exported below
 import pytest
+from cloud_fixtures import (
+    JWT_SECRET,
+    MASTER_KEYS,
+    PASSWORD,
+    ApiClient,
+    Tenant,
+    api,
+    cloud,
+    cloud_test_settings,
+    db_url,
+    http,
+    make_tenant,
+    postgres_url,
+    tenant,
+)
 
 from cloud.settings import CloudSettings
 
-_CONFTEST = Path(__file__).resolve().parent.parent / "cloud" / "conftest.py"
-_spec = importlib.util.spec_from_file_location("sec_accounts_cloud_conftest", _CONFTEST)
-assert _spec is not None and _spec.loader is not None
-cloudconf = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = cloudconf
-_spec.loader.exec_module(cloudconf)
-
-# The fixtures the tests use, re-exported (a test module imports them by name).
-postgres_url = cloudconf.postgres_url
-db_url = cloudconf.db_url
-cloud = cloudconf.cloud
-http = cloudconf.http
-api = cloudconf.api
-make_tenant = cloudconf.make_tenant
-tenant = cloudconf.tenant
-ApiClient = cloudconf.ApiClient
-Tenant = cloudconf.Tenant
-PASSWORD: str = cloudconf.PASSWORD
-JWT_SECRET: str = cloudconf.JWT_SECRET
+# The fixtures and names the tests use, re-exported (a test module imports them by name).
+__all__ = [
+    "JWT_SECRET",
+    "MASTER_KEYS",
+    "PASSWORD",
+    "ApiClient",
+    "Tenant",
+    "api",
+    "cloud",
+    "cloudconf",
+    "db_url",
+    "http",
+    "make_tenant",
+    "postgres_url",
+    "tenant",
+]
 
 # A lock after the free failures lasts LOCK_S seconds (doubling), so a test sees it held.
 LOCK_S = 30.0
@@ -53,12 +63,9 @@ THROTTLE = {
 
 
 @pytest.fixture
-def settings(request: pytest.FixtureRequest, db_url: str) -> CloudSettings:
-    """tests/cloud's settings (whatever they need), with the throttle above. ``db_url`` is
-    named here so the tests run once per database."""
-    base = cloudconf.settings.__wrapped__
-    args = {name: request.getfixturevalue(name) for name in inspect.signature(base).parameters}
-    return base(**args).model_copy(update=THROTTLE)
+def settings(db_url: str, tmp_path: Path) -> CloudSettings:
+    """tests/cloud's settings with the throttle above."""
+    return cloud_test_settings(db_url, tmp_path / "cloud-data", master_keys=MASTER_KEYS, **THROTTLE)
 
 
 @pytest.fixture

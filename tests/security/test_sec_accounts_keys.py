@@ -11,9 +11,9 @@ import pytest
 from polling import wait_for
 from sec_accounts_support import (  # noqa: F401
     JWT_SECRET,
+    MASTER_KEYS,
     api,
     cloud,
-    cloudconf,
     db_url,
     http,
     make_tenant,
@@ -112,7 +112,7 @@ def test_production_signs_only_with_keys_it_was_given(tmp_path):
         environment="production",
         data_dir=tmp_path / "data",
         jwt_keys_file=keys_file,
-        master_keys=cloudconf.MASTER_KEYS,
+        master_keys=MASTER_KEYS,
     )
     with pytest.raises(keys.KeyFileError, match="does not exist"):
         keys.load_key_ring(prod)
