@@ -27,7 +27,7 @@ from cloud.sync.dead_letters import (
     DeadLetterStillFailing,
     Refusal,
 )
-from cloud.sync.identity import Gateway
+from cloud.sync.identity import Gateway, gateway_active
 from contracts.sync import (
     MAX_BATCH,
     CashCreditRecord,
@@ -482,6 +482,20 @@ async def retry_dead_letter(engine: AsyncEngine, tenant_id: str, letter_id: str)
 
     Exactly once: an event the gateway meanwhile delivered is only marked resolved. A refusal
     counts as one more attempt and raises ``DeadLetterStillFailing``; the letter stays open."""
+    for attempt in range(_RETRIES):
+        try:
+            return await _retry_once(engine, tenant_id, letter_id)
+        except sa.exc.IntegrityError as exc:
+            # A concurrent retry of the letter or the gateway's own resend stored the event first
+            # (the unique event id is the exactly-once guard; PostgreSQL answered this with 500).
+            # No row lock on the letter up front: a push resolves letters after applying, so
+            # locking the letter first would deadlock against it. The next try sees it stored.
+            if attempt == _RETRIES - 1:
+                raise Conflict("the event is being stored concurrently; retry") from exc
+    raise AssertionError("unreachable")
+
+
+async def _retry_once(engine: AsyncEngine, tenant_id: str, letter_id: str) -> Any:
     async with engine.begin() as conn:
         row = (
             await conn.execute(
@@ -499,6 +513,10 @@ async def retry_dead_letter(engine: AsyncEngine, tenant_id: str, letter_id: str)
             raise DeadLetterNotRetryable(
                 "the stored event was clipped; retry it from the gateway, which holds all of it"
             )
+        if not await gateway_active(conn, row.gateway_id):
+            # Revoking is what an operator does to a stolen or compromised gateway: what it sent
+            # and the cloud refused must not be applied as money and stock afterwards.
+            raise DeadLetterNotRetryable("the gateway that sent this event has been revoked")
         gateway = Gateway(id=row.gateway_id, tenant_id=row.tenant_id, site_id=row.site_id)
         owner = await conn.scalar(
             sa.select(t.sync_events.c.gateway_id).where(t.sync_events.c.event_id == row.event_id)
