@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from cloud_fixtures import cloud_test_settings
 from polling import wait_for
 
 from cloud.server import CloudServer
@@ -28,18 +29,12 @@ CATALOG = [
 
 
 def cloud_settings(root: Path, *, http_port: int = 0, sync_port: int = 0) -> CloudSettings:
-    return CloudSettings(
-        database_url=f"sqlite+aiosqlite:///{root / 'cloud.db'}",
-        data_dir=root / "cloud-data",
+    return cloud_test_settings(
+        f"sqlite+aiosqlite:///{root / 'cloud.db'}",
+        root / "cloud-data",
         http_port=http_port,
         sync_port=sync_port,
         jwt_secret="e2e-secret-" + "x" * 40,
-        password_hash_time_cost=1,
-        password_hash_memory_cost=8,
-        password_hash_parallelism=1,
-        sandbox_approve_delay_s=0.3,
-        worker_poll_interval_s=0.2,
-        channel_poll_interval_s=0.2,
     )
 
 

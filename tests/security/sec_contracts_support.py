@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from cloud_fixtures import cloud_test_settings
 from standalone_site import MachineCreds, machine_state
 
 from cloud.server import CloudServer
-from cloud.settings import CloudSettings
 from contracts.sync import StateResponse
 from edge.app import Gateway
 from edge.settings import GatewaySettings
@@ -40,16 +40,11 @@ class LiveCloud:
 
 @asynccontextmanager
 async def live_cloud(tmp: Path) -> AsyncIterator[LiveCloud]:
-    settings = CloudSettings(
-        database_url=f"sqlite+aiosqlite:///{tmp / 'cloud.db'}",
-        data_dir=tmp / "cloud-data",
+    settings = cloud_test_settings(
+        f"sqlite+aiosqlite:///{tmp / 'cloud.db'}",
+        tmp / "cloud-data",
         http_host="127.0.0.1",
-        http_port=0,
-        sync_port=0,
         jwt_secret="contract-test-secret-" + "x" * 40,
-        password_hash_time_cost=1,
-        password_hash_memory_cost=8,
-        password_hash_parallelism=1,
     )
     async with CloudServer(settings) as server:
         email = f"admin-{uuid.uuid4().hex[:8]}@example.com"

@@ -2,11 +2,9 @@
 PostgreSQL database, with the raw bytes of each database at hand), and for the demo tests a
 process-tree command-line sampler and a port squatter that answers like a cloud."""
 
-import asyncio
 import json
 import socket
 import threading
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from cloud_fixtures import cloud_test_settings, postgres_sqlalchemy_url, scratch_postgres
 from polling import wait_for
 
 from cloud.server import CloudServer
@@ -25,7 +24,6 @@ from edge.app import Gateway
 from edge.settings import GatewaySettings
 from provisioning.cloud_api import CloudApi
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 ADMIN_EMAIL = "admin@secrets.example"
 ADMIN_PASSWORD = "secrets admin password"
 PHONE = "+919876501234"
@@ -62,49 +60,24 @@ class Database:
             await conn.close()
 
 
-def _pg_admin(sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     if request.param == "sqlite":
         path = tmp_path / "cloud.db"
         yield Database(f"sqlite+aiosqlite:///{path}", path, None)
         return
-    name = f"vending_sec_{uuid.uuid4().hex[:12]}"
-    _pg_admin(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_postgres("vending_sec") as name:
         yield Database(
-            f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
-            None,
-            f"postgresql://postgres@127.0.0.1:5432/{name}",
+            postgres_sqlalchemy_url(name), None, f"postgresql://postgres@127.0.0.1:5432/{name}"
         )
-    finally:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def cloud_settings(root: Path, database: Database, master_keys: str | None) -> CloudSettings:
-    return CloudSettings(
-        database_url=database.url,
-        data_dir=root / "cloud-data",
-        http_port=0,
-        sync_port=0,
+    return cloud_test_settings(
+        database.url,
+        root / "cloud-data",
         jwt_secret="secrets-test-" + "x" * 40,
         master_keys=master_keys,
-        password_hash_time_cost=1,
-        password_hash_memory_cost=8,
-        password_hash_parallelism=1,
-        sandbox_approve_delay_s=0.3,
-        worker_poll_interval_s=0.2,
-        channel_poll_interval_s=0.2,
     )
 
 

@@ -1,7 +1,6 @@
 """A real cloud (SQLite or PostgreSQL) and a real gateway enrolled with it over mTLS on loopback,
 one machine onboarded, for the sync dead-letter attacks. Import the fixtures explicitly."""
 
-import asyncio
 import contextlib
 import json
 import os
@@ -16,18 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
+from cloud_fixtures import cloud_test_settings, postgres_sqlalchemy_url, scratch_postgres
 from polling import wait_for
 
 from cloud.server import CloudServer
-from cloud.settings import CloudSettings
 from edge.app import Gateway
 from edge.settings import GatewaySettings
 from edge.store.dbthread import open_database
 from provisioning.cloud_api import CloudApi
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 ADMIN_EMAIL = "admin@sync-sec.example"
 ADMIN_PASSWORD = "sync security admin password"
 CATALOG = [
@@ -41,18 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 def sync_postgres_url() -> Iterator[str]:
     """A database of its own per test: each cloud generates its own master key in its data
     directory, and a database sealed under another test's key would refuse to open."""
-    name = f"vending_secsync_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_postgres("vending_secsync") as name:
+        yield postgres_sqlalchemy_url(name)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -166,17 +153,8 @@ def gateway_settings(root: Path, cloud_url: str, token: str) -> GatewaySettings:
 
 @pytest.fixture
 async def synced_site(tmp_path: Path, sync_cloud_db: str) -> AsyncIterator[SyncedSite]:
-    settings = CloudSettings(
-        database_url=sync_cloud_db,
-        data_dir=tmp_path / "cloud-data",
-        http_port=0,
-        sync_port=0,
-        jwt_secret="sync-sec-secret-" + "x" * 40,
-        password_hash_time_cost=1,
-        password_hash_memory_cost=8,
-        password_hash_parallelism=1,
-        worker_poll_interval_s=0.2,
-        channel_poll_interval_s=0.2,
+    settings = cloud_test_settings(
+        sync_cloud_db, tmp_path / "cloud-data", jwt_secret="sync-sec-secret-" + "x" * 40
     )
     suffix = uuid.uuid4().hex[:8]
     async with contextlib.AsyncExitStack() as stack:
