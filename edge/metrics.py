@@ -45,7 +45,7 @@ class GatewayMetrics:
         self.device_messages_refused = Counter(
             "gateway_device_messages_refused",
             "Cash, dispense and inventory messages refused: unsigned, bad_signature,"
-            " wrong_machine, replay, malformed, unknown_machine",
+            " wrong_machine, replay, malformed, unknown_machine, foreign_id",
             ["reason"],
             registry=self.registry,
         )

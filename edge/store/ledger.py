@@ -399,6 +399,24 @@ def expire_orders(db: Db, cutoff: str) -> list[str]:
     return [row["id"] for row in rows]
 
 
+def credit_id_taken(db: Db, machine_id: str, credit_id: str) -> bool:
+    """Whether ``credit_id`` already names something other than this machine's own credit: a
+    credit of another machine, or another event of the gateway (an order snapshot, a command).
+    Event ids are global, so such a credit would be taken for a duplicate (acked and forgotten)
+    or lose its outbox row to the other event, and a stolen device's key could do that to
+    another machine's genuine credit whose id it saw on the LAN."""
+    row = db.execute("SELECT machine_id FROM cash_credits WHERE id = ?", [credit_id]).fetchone()
+    if row is not None:
+        return bool(row["machine_id"] != machine_id)
+    for sql in (
+        "SELECT 1 FROM outbox WHERE event_id = ?",
+        "SELECT 1 FROM dispense_commands WHERE cmd_id = ?",
+    ):
+        if db.execute(sql, [credit_id]).fetchone() is not None:
+            return True
+    return False
+
+
 def record_cash_credit(db: Db, machine_id: str, credit: CashCredit) -> CreditOutcome:
     exists = db.execute("SELECT 1 FROM cash_credits WHERE id = ?", [credit.id]).fetchone()
     if exists is not None:

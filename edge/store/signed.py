@@ -34,6 +34,8 @@ BAD_SIGNATURE = "bad_signature"
 MALFORMED = "malformed"
 WRONG_MACHINE = "wrong_machine"
 REPLAY = "replay"
+# A cash credit under an id that names another machine's credit or another event.
+FOREIGN_ID = "foreign_id"
 
 _MODELS: dict[str, type[CashCredit | DispenseResult | Inventory]] = {
     topics.CASH_CREDIT: CashCredit,
@@ -103,6 +105,8 @@ def apply(
         message = _MODELS[suffix].model_validate_json(body)
     except ValidationError:
         return _refused(MALFORMED)
+    if isinstance(message, CashCredit) and ledger.credit_id_taken(db, machine_id, message.id):
+        return _refused(FOREIGN_ID)
     kid = key_id(key)
     event_id = _event_id(message, body)
     money = not isinstance(message, Inventory)
