@@ -404,7 +404,9 @@ class GatewayStore:
                 async with self._sidecar_lock:
                     if high > self._marks.get(mark, 0):
                         self._marks = self._marks | {mark: high}
-                        await asyncio.to_thread(sequences.write_sidecar, self._sidecar, self._marks)
+                        await asyncio.to_thread(
+                            sequences.write_sidecar, self._sidecar, self._marks, sync=False
+                        )
         return outcome
 
     async def record_device_result(self, machine_id: str, result: DispenseResult) -> ResultOutcome:
