@@ -19,6 +19,7 @@ from cloud.db.sealed import SealedDataError, ring_of
 from cloud.db.times import utcnow
 from cloud.errors import Conflict
 from cloud.sync.identity import Gateway
+from contracts.sealing import SealingError
 
 # The raw event is kept for inspection and retry, but a hostile or broken gateway must not fill
 # the database through it: larger payloads are clipped (and can then be retried only from the
@@ -82,7 +83,7 @@ def opened_text(conn: AsyncConnection, gateway_id: str, event_id: str, text: str
     context = _phone_context(gateway_id, event_id)
     try:
         opened = _with_phone(raw, lambda phone: ring_of(conn).open(phone, context))
-    except Exception as exc:
+    except SealingError as exc:
         raise SealedDataError(f"dead letter of {event_id}: {exc}") from exc
     return json.dumps(opened, ensure_ascii=True, separators=(",", ":"))
 
@@ -188,7 +189,7 @@ async def reseal(conn: AsyncConnection) -> int:
             continue
         try:
             phone = ring.reseal(phone, _phone_context(row.gateway_id, row.event_id))
-        except Exception as exc:
+        except SealingError as exc:
             raise SealedDataError(f"dead letter of {row.event_id}: {exc}") from exc
         resealed = raw | {"payload": payload | {"customer_phone": phone}}
         await conn.execute(
