@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -34,7 +33,6 @@ from cloud.server import CloudServer
 from cloud.settings import CloudSettings
 
 PASSWORD = "correct horse battery staple"
-Authenticate = Callable[[web.Request, CloudContext], Awaitable[Principal]]
 
 
 async def _jwt_only(request: web.Request, ctx: CloudContext) -> Principal:
@@ -104,15 +102,15 @@ async def run(
             url = cloud.api_url + "/api/v1/machines"
             checked: list[float] = []
             baseline: list[float] = []
-            real: Authenticate = registry.authenticate
+            real = registry.authenticate
             await _timed_reads(http, url, token, 50)  # warm up
             batch = 50
             for _ in range(max(1, requests // batch)):
-                registry.authenticate = _jwt_only  # type: ignore[assignment]
+                registry.authenticate = _jwt_only
                 baseline += await _timed_reads(http, url, token, batch)
-                registry.authenticate = real  # type: ignore[assignment]
+                registry.authenticate = real
                 checked += await _timed_reads(http, url, token, batch)
-            registry.authenticate = real  # type: ignore[assignment]
+            registry.authenticate = real
 
             print("\n| authenticated GET /api/v1/machines | n | p50 | p95 | max |")
             print("|---|---|---|---|---|")
