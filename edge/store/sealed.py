@@ -40,9 +40,9 @@ def ring_of(db: Db) -> KeyRing:
     return ring
 
 
-def _open(db: Db, value: str | None, context: str) -> str | None:
+def _open(db: Db, value: str, context: str) -> str:
     try:
-        return ring_of(db).open_optional(value, context)
+        return ring_of(db).open(value, context)
     except SealingError as exc:
         raise SealedDataError(str(exc)) from exc
 
@@ -52,9 +52,7 @@ def seal_command_key(db: Db, machine_id: str, key_hex: str) -> str:
 
 
 def open_command_key(db: Db, machine_id: str, sealed: str) -> bytes:
-    key_hex = _open(db, sealed, f"machines.command_key:{machine_id}")
-    assert key_hex is not None
-    return bytes.fromhex(key_hex)
+    return bytes.fromhex(_open(db, sealed, f"machines.command_key:{machine_id}"))
 
 
 def seal_phone(db: Db, order_id: str, phone: str | None) -> str | None:
@@ -62,7 +60,7 @@ def seal_phone(db: Db, order_id: str, phone: str | None) -> str | None:
 
 
 def open_phone(db: Db, order_id: str, sealed: str | None) -> str | None:
-    return _open(db, sealed, f"orders.customer_phone:{order_id}")
+    return None if sealed is None else _open(db, sealed, f"orders.customer_phone:{order_id}")
 
 
 def seal_outbox_payload(db: Db, event_id: str, payload: dict[str, Any]) -> dict[str, Any]:
