@@ -270,15 +270,33 @@ async def change_password(call: Call) -> PasswordChanged:
         ).one()
     address = client_address(call.request)
     throttle = Throttle.from_settings(call.ctx.settings)
-    # A stolen access token must not become a way to guess the password without limits.
-    async with engine.begin() as conn:
-        await throttle.reserve(conn, user.email, address)
+    # A stolen access token must not become a way to guess the password without limits, nor
+    # one that leaves no trace: every check is in the login audit like a login's.
+    try:
+        async with engine.begin() as conn:
+            await throttle.reserve(conn, user.email, address)
+    except TooManyRequests:
+        async with engine.begin() as conn:
+            await record_refusal(conn, email=user.email, address=address)
+        raise
+    audit = {"email": user.email, "address": address, "tenant_id": user.tenant_id}
     if not await call.ctx.passwords.verify(user.password_hash, body.current_password):
+        async with engine.begin() as conn:
+            await record_login(
+                conn,
+                outcome="failure",
+                reason="change_password_bad_password",
+                user_id=user.id,
+                **audit,
+            )
         # Not 401: the caller's session is fine, only the password they typed is not.
         raise Forbidden("current password is wrong")
     new_hash = await call.ctx.passwords.hash(body.new_password)
     async with engine.begin() as conn:
         await throttle.forgive(conn, user.email, address)
+        await record_login(
+            conn, outcome="success", reason="password_changed", user_id=user.id, **audit
+        )
         await conn.execute(
             t.users.update()
             .where(t.users.c.id == user.id)
