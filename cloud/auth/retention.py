@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloud.auth.throttle import delete_stale_rows
 from cloud.db import schema as t
 from cloud.db.times import utcnow
 from cloud.settings import CloudSettings
@@ -45,19 +46,10 @@ async def prune_auth_records(
                 < now - timedelta(seconds=settings.refresh_token_ttl_s),
             )
         )
-        throttle = await conn.execute(
-            t.login_throttle.delete().where(
-                t.login_throttle.c.updated_at
-                < now - timedelta(seconds=settings.login_failure_window_s),
-                sa.or_(
-                    t.login_throttle.c.locked_until.is_(None),
-                    t.login_throttle.c.locked_until < now,
-                ),
-            )
-        )
+        throttle_rows = await delete_stale_rows(conn, settings.login_failure_window_s, now)
         audit = await conn.execute(
             t.login_audit.delete().where(
                 t.login_audit.c.created_at < now - timedelta(days=audit_days)
             )
         )
-    return Pruned(tokens.rowcount, sessions.rowcount, throttle.rowcount, audit.rowcount)
+    return Pruned(tokens.rowcount, sessions.rowcount, throttle_rows, audit.rowcount)

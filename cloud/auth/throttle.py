@@ -156,16 +156,21 @@ class Throttle:
                 ),
             )
         )
-        cutoff = utcnow() - timedelta(seconds=self.window_s)
-        await conn.execute(
-            t.login_throttle.delete().where(
-                t.login_throttle.c.updated_at < cutoff,
-                sa.or_(
-                    t.login_throttle.c.locked_until.is_(None),
-                    t.login_throttle.c.locked_until < utcnow(),
-                ),
-            )
+        await delete_stale_rows(conn, self.window_s, utcnow())
+
+
+async def delete_stale_rows(conn: AsyncConnection, window_s: int, now: datetime) -> int:
+    """Drops keys whose failures have left the window and that hold no lock; returns how many."""
+    result = await conn.execute(
+        t.login_throttle.delete().where(
+            t.login_throttle.c.updated_at < now - timedelta(seconds=window_s),
+            sa.or_(
+                t.login_throttle.c.locked_until.is_(None),
+                t.login_throttle.c.locked_until < now,
+            ),
         )
+    )
+    return result.rowcount
 
 
 async def _ensure_rows(conn: AsyncConnection, keys: list[str], now: datetime) -> None:
