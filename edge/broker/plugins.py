@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 SecretLookup = Callable[[str], Awaitable[str | None]]
 PBKDF2_CONCURRENCY = 2
+# PBKDF2 checks one client address may have waiting or running at once. A device has one
+# connection; a host flooding wrong passwords would otherwise queue hundreds of checks, and
+# every uncached login (each device after a gateway restart) would wait behind all of them,
+# past the firmware's 10 s CONNACK timeout.
+PBKDF2_PER_ADDRESS = 2
 
 
 @dataclass
@@ -41,6 +46,7 @@ class BrokerAuthority:
         # each: at most this many run at once, leaving the rest of the gateway its CPU and
         # the default thread pool.
         self._pbkdf2_slots = asyncio.Semaphore(PBKDF2_CONCURRENCY)
+        self._pbkdf2_by_address: dict[str, int] = {}
 
     def is_gateway(self, session: Session) -> bool:
         return session.client_id == self.gateway_client_id and (
@@ -66,12 +72,24 @@ class BrokerAuthority:
         if key in self._verified:
             self._session_hash[username] = stored
             return True
+        address = session.remote_address or ""
+        pending = self._pbkdf2_by_address.get(address, 0)
+        if pending >= PBKDF2_PER_ADDRESS:
+            log.info("refused %s: %s has too many logins being checked", username, address)
+            return False
+        self._pbkdf2_by_address[address] = pending + 1
         try:
             async with self._pbkdf2_slots:
                 ok = await asyncio.to_thread(verify_secret, password, stored)
         except CredentialFormatError:
             log.warning("machine %s has a malformed secret hash", username)
             return False
+        finally:
+            left = self._pbkdf2_by_address[address] - 1
+            if left:
+                self._pbkdf2_by_address[address] = left
+            else:
+                del self._pbkdf2_by_address[address]
         if ok:
             self._verified.add(key)
             self._session_hash[username] = stored

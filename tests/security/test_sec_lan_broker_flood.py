@@ -1,0 +1,92 @@
+"""Anyone on the site LAN, with no credentials: a flood of CONNECTs with a real machine id and
+wrong passwords. Each costs the broker a PBKDF2 check (wrong passwords are never cached), and
+at most two run at once, so they queue. Before the fix one host holding a few hundred such
+CONNECTs open made every uncached login (each device after a gateway restart, a new or
+re-credentialed machine) wait behind the whole queue: 5-10 s against `make demo` with 300,
+past the firmware's 10 s CONNACK timeout with more, so after a power cut no machine came back
+while the flood lasted. Now each client address has at most two checks waiting or running;
+more from the same address are refused at once, and a device on another address is served
+next to the flood, not behind it. Real gateway, embedded amqtt broker, real PBKDF2 cost.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from polling import wait_for
+from sec_broker_support import ACCEPTED, NOT_AUTHORIZED, connect_packet, running_site
+from standalone_site import MachineCreds
+
+from contracts.credentials import hash_secret
+
+ATTACKER_ADDRESS = "127.0.0.2"  # Linux answers on all of 127/8: a second host on the LAN
+FLOODERS = 300
+
+
+@pytest.fixture(scope="module")
+def real_creds() -> dict[str, MachineCreds]:
+    """Machines whose MQTT secrets are hashed with the production PBKDF2 cost (the shared test
+    credentials use a cheap one)."""
+    out = {}
+    for machine_id in ("M1", "M2"):
+        quick = MachineCreds.new(machine_id)
+        out[machine_id] = MachineCreds(
+            quick.id, quick.secret, quick.command_key, hash_secret(quick.secret)
+        )
+    return out
+
+
+async def _connack(port: int, packet: bytes, source: str) -> int | None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        writer.write(packet)
+        await writer.drain()
+        answer = await reader.read(4)
+        return answer[3] if len(answer) == 4 else None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def flood(port: int) -> AsyncIterator[list[int | None]]:
+    answers: list[int | None] = []
+    wrong = connect_packet("M2", "M2", "not-the-secret", clean=True)
+
+    async def one_flooder() -> None:
+        while True:
+            try:
+                answers.append(await _connack(port, wrong, ATTACKER_ADDRESS))
+            except OSError:
+                await asyncio.sleep(0.01)
+
+    tasks = [asyncio.create_task(one_flooder()) for _ in range(FLOODERS)]
+    try:
+        yield answers
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_wrong_password_flood_does_not_keep_devices_from_logging_in(
+    tmp_path: Path, real_creds: dict[str, MachineCreds]
+) -> None:
+    async with running_site("amqtt", tmp_path, real_creds) as site, flood(site.port) as answers:
+
+        async def flooding() -> bool:
+            return len(answers) >= 2 * FLOODERS
+
+        await wait_for(flooding, within=30)
+        m1 = real_creds["M1"]
+        started = time.perf_counter()
+        code = await _connack(site.port, connect_packet("M1", "M1", m1.secret), "127.0.0.1")
+        waited = time.perf_counter() - started
+        assert code == ACCEPTED
+        # M1 never logged in before: its login is a full PBKDF2 check, served next to the flood
+        assert waited < 1.5, f"M1's first login waited {waited:.1f}s behind the flood"
+    assert set(answers) == {NOT_AUTHORIZED}
