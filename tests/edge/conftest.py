@@ -6,16 +6,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from brokers import Mosquitto, gateway_mosquitto
-from gw_support import gateway_settings, load_site
+from gw_support import creds, gateway_settings, load_site
 from standalone_site import MachineCreds
 
 from edge.app import Gateway
 
-
-@pytest.fixture(scope="session")
-def creds() -> dict[str, MachineCreds]:
-    """Credentials for machines M1 and M2 (hashed once: PBKDF2 is deliberately slow)."""
-    return {machine_id: MachineCreds.new(machine_id) for machine_id in ("M1", "M2")}
+__all__ = ["creds"]  # the machines' credentials, a session fixture
 
 
 @pytest.fixture

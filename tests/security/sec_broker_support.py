@@ -10,19 +10,15 @@ way ``tests/edge`` runs them.
 import asyncio
 import contextlib
 import struct
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "edge"))
-
 from brokers import gateway_mosquitto
-from gw_support import gateway_settings, load_site, make_machine, order_status
+from gw_support import creds as creds  # re-exported: the tests take it as a fixture
+from gw_support import gateway_settings, load_site, order_status
 from polling import wait_for
 from standalone_site import MachineCreds
 
@@ -31,21 +27,11 @@ from edge.app import Gateway
 from edge.sync.ports import PaymentsPort
 from tools.virtual_esp32 import VirtualDevice
 
-__all__ = [
-    "gateway_settings",
-    "make_machine",
-]  # re-exported for the tests (tests/edge is not on their path)
-
 BrokerKind = Literal["amqtt", "mosquitto"]
 BROKERS: tuple[BrokerKind, ...] = ("amqtt", "mosquitto")
 
 CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP = 2, 3, 4, 8, 9, 12, 13
 ACCEPTED, NOT_AUTHORIZED = 0, 5
-
-
-@pytest.fixture(scope="session")
-def creds() -> dict[str, MachineCreds]:
-    return {machine_id: MachineCreds.new(machine_id) for machine_id in ("M1", "M2")}
 
 
 # --- a site on either broker -------------------------------------------------------------------
@@ -379,7 +365,7 @@ async def create_order(site: Site, payment_method: str, quantity: int = 1) -> di
         http.post("/api/v1/orders", json=body) as response,
     ):
         assert response.status == 201, await response.text()
-        return (await response.json())["data"]  # type: ignore[no-any-return]
+        return dict((await response.json())["data"])
 
 
 async def finished(site: Site, order_id: str, within: float = 40) -> str:
@@ -387,7 +373,7 @@ async def finished(site: Site, order_id: str, within: float = 40) -> str:
         status = await order_status(site.gateway, order_id)
         return status if status in {"completed", "refund_pending", "failed"} else None
 
-    return await wait_for(terminal, within=within)  # type: ignore[no-any-return]
+    return str(await wait_for(terminal, within=within))
 
 
 class SandboxPayments:

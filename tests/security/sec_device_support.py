@@ -8,20 +8,16 @@ import asyncio
 import contextlib
 import shutil
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from amqtt.client import MQTTClient
 from amqtt.mqtt.constants import QOS_1
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "edge"))
-
 from gw_device_double import DeviceDouble
+from gw_support import creds as creds  # re-exported: the tests take it as a fixture
 from gw_support import gateway_settings, load_site, make_machine
 from polling import wait_for
 from standalone_site import MachineCreds
@@ -33,11 +29,6 @@ from edge.app import Gateway
 from edge.settings import GatewaySettings
 
 PUBLISH = 3
-
-
-@pytest.fixture(scope="session")
-def creds() -> dict[str, MachineCreds]:
-    return {machine_id: MachineCreds.new(machine_id) for machine_id in ("M1", "M2")}
 
 
 def signed(

@@ -5,6 +5,7 @@ will published (as real cash). A refused CONNECT must change nothing, on both br
 from pathlib import Path
 
 import pytest
+from gw_support import make_machine
 from polling import wait_for
 from sec_broker_support import (
     ACCEPTED,
@@ -20,7 +21,6 @@ from sec_broker_support import (
     creds,
     firmware_m1,
     link_ups,
-    make_machine,
     raw_connection,
     raw_session,
     raw_victim,

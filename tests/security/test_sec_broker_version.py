@@ -4,7 +4,8 @@ the gateway refuses to start instead of running connect handling nobody reviewed
 from pathlib import Path
 
 import pytest
-from sec_broker_support import creds, gateway_settings
+from gw_support import gateway_settings
+from sec_broker_support import creds
 from standalone_site import MachineCreds
 
 import edge.broker.hardened as hardened

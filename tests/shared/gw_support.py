@@ -3,11 +3,18 @@
 from pathlib import Path
 from typing import Any, Literal
 
+import pytest
 from standalone_site import MachineCreds, machine_state
 
 from contracts.sync import MachineState, StateResponse
 from edge.app import Gateway
 from edge.settings import GatewaySettings
+
+
+@pytest.fixture(scope="session")
+def creds() -> dict[str, MachineCreds]:
+    """Credentials for machines M1 and M2 (hashed once: PBKDF2 is deliberately slow)."""
+    return {machine_id: MachineCreds.new(machine_id) for machine_id in ("M1", "M2")}
 
 
 def make_machine(
