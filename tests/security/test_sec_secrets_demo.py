@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from polling import wait_for
@@ -33,7 +34,7 @@ class RunningDemo:
     proc: subprocess.Popen[bytes]
     root: Path
     output: Path
-    info: dict[str, object]
+    info: dict[str, Any]  # demo.json as parsed
     squatter: FakeCloud
     squatted_port: int
     sampler: CommandLineSampler
@@ -115,7 +116,7 @@ def test_demo_talks_to_its_own_cloud_when_its_port_is_taken(demo: RunningDemo) -
     port = int(cloud_url.rsplit(":", 1)[1])
     assert port != demo.squatted_port
     assert demo.squatter.requests == 0, "the demo talked to the process squatting its port"
-    pids = dict(demo.info["pids"])  # type: ignore[call-overload]
+    pids = dict(demo.info["pids"])
     assert listener_belongs_to(int(pids["cloud"]), port) is True
 
     async def login() -> None:
@@ -183,7 +184,7 @@ def test_second_demo_refuses_and_leaves_the_first_alone(demo: RunningDemo) -> No
     assert {p.name for p in demo.state.iterdir()} == before
     assert (demo.root / "demo.json").exists()
     assert demo.proc.poll() is None
-    pids = dict(demo.info["pids"])  # type: ignore[call-overload]
+    pids = dict(demo.info["pids"])
     for name in ("cloud", "gateway"):
         os.kill(int(pids[name]), 0)  # still running
 
