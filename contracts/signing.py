@@ -36,6 +36,7 @@ from contracts import topics
 from contracts.device_messages import EventId, SlotCode
 
 SIGNATURE_VERSION = 1
+MAX_SEQ = 2**63 - 1
 
 DOWN_LABEL = b"vend/v1/gateway-to-device"
 UP_LABEL = b"vend/v1/device-to-gateway"
@@ -87,7 +88,8 @@ class SignedHeader(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     mid: Annotated[str, Field(min_length=1, max_length=64)]
-    seq: Annotated[StrictInt, Field(gt=0)]
+    # Bounded by what SQLite's INTEGER holds: a larger seq is a malformed body, not a store error.
+    seq: Annotated[StrictInt, Field(gt=0, le=MAX_SEQ)]
 
 
 class SignatureError(ValueError):

@@ -85,3 +85,32 @@ async def test_a_credit_id_cannot_shadow_an_event_the_gateway_holds(
         await wait_for(refused)
         assert await site.money_rows() == before
         assert thief.acks == []
+
+
+async def test_a_seq_sqlite_cannot_hold_is_refused_as_malformed(
+    tmp_path: Path, creds: dict[str, MachineCreds]
+) -> None:
+    """A stolen key signs a credit with seq 2**63 or 10**30 (JSON numbers have no bound).
+    Before the fix it reached SQLite and failed there: a handler error with a full traceback
+    in the gateway's log for every such message, a cheap way to flood the log. Now it is a
+    malformed body, counted and logged like any other refusal; nothing changes."""
+    site = Site(tmp_path / "gw", creds)
+    m2 = creds["M2"]
+    async with site.running() as gateway, attacker(gateway.mqtt_port, m2) as thief:
+        before = await site.money_rows()
+        for seq in (2**63, 10**30):
+            await thief.publish(topics.CASH_CREDIT, signed(m2, seq, _credit(2000)))
+
+        async def refused() -> bool:
+            return site.refused("malformed") == 2
+
+        await wait_for(refused)
+        handler_errors = gateway.metrics.registry.get_sample_value(
+            "gateway_mqtt_rejected_total", {"reason": "handler_error"}
+        )
+        assert not handler_errors
+        assert await site.money_rows() == before
+        # the largest seq SQLite holds is still a valid (if self-defeating) seq
+        top = _credit(100)
+        await thief.publish(topics.CASH_CREDIT, signed(m2, 2**63 - 1, top))
+        await thief.acked(str(top["id"]))
