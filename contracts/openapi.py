@@ -9,7 +9,7 @@ document's parts.
 import re
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from pydantic.json_schema import (
@@ -131,6 +131,29 @@ def component_schemas(
     )
     refs = {key: built[key] for key in wanted}
     return refs, dict(defs.get("$defs", {}))
+
+
+class Route(Protocol):
+    """What both servers' route tables say about their models."""
+
+    @property
+    def body(self) -> type[BaseModel] | None: ...
+
+    @property
+    def response(self) -> type[BaseModel] | None: ...
+
+
+def route_schemas(
+    routes: Iterable[Route],
+) -> tuple[dict[ModelKey, JsonSchemaValue], dict[str, JsonSchemaValue]]:
+    """``component_schemas`` of every route's body (as validated) and response (as sent)."""
+    wanted: list[ModelKey] = []
+    for route in routes:
+        if route.body is not None:
+            wanted.append((route.body, "validation"))
+        if route.response is not None:
+            wanted.append((route.response, "serialization"))
+    return component_schemas(wanted)
 
 
 def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:

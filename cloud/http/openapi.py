@@ -33,13 +33,7 @@ def error_statuses(ep: Endpoint) -> set[int]:
 
 
 def build_openapi(endpoints: list[Endpoint], title: str, version: str) -> dict[str, Any]:
-    wanted: list[oa.ModelKey] = []
-    for ep in endpoints:
-        if ep.body is not None:
-            wanted.append((ep.body, "validation"))
-        if ep.response is not None:
-            wanted.append((ep.response, "serialization"))
-    refs, schemas = oa.component_schemas(wanted)
+    refs, schemas = oa.route_schemas(endpoints)
 
     paths: dict[str, dict[str, Any]] = {}
     for ep in endpoints:

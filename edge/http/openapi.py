@@ -55,13 +55,7 @@ IDEMPOTENCY_KEY_HEADER: dict[str, Any] = {
 
 
 def build_kiosk_openapi(routes: list[KioskRoute]) -> dict[str, Any]:
-    wanted: list[oa.ModelKey] = []
-    for route in routes:
-        if route.body is not None:
-            wanted.append((route.body, "validation"))
-        if route.response is not None:
-            wanted.append((route.response, "serialization"))
-    refs, schemas = oa.component_schemas(wanted)
+    refs, schemas = oa.route_schemas(routes)
 
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
