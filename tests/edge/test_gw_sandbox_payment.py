@@ -2,39 +2,16 @@
 the payment update, then dispenses. The cloud itself is replaced by a port double here; the
 end-to-end tests run the real cloud."""
 
-import itertools
 from pathlib import Path
 
 import aiohttp
 from gw_device_double import DeviceDouble
-from gw_support import gateway_settings, load_site, order_status
+from gw_support import PaymentsDouble, gateway_settings, load_site, order_status
 from polling import wait_for
 from standalone_site import MachineCreds
 
-from contracts.sync import PaymentCreate, PaymentIntent, PaymentUpdate
+from contracts.sync import PaymentUpdate
 from edge.app import Gateway
-from edge.errors import CloudUnavailable
-
-
-class PaymentsDouble:
-    def __init__(self) -> None:
-        self.requests: list[PaymentCreate] = []
-        self.down = False
-        self._ids = itertools.count(1)
-
-    async def create_payment(self, request: PaymentCreate) -> PaymentIntent:
-        if self.down:
-            raise CloudUnavailable("cloud down")
-        self.requests.append(request)
-        return PaymentIntent(
-            payment_id=f"pay_{next(self._ids)}",
-            order_id=request.order_id,
-            provider="sandbox",
-            status="created",
-            amount=request.amount,
-            currency=request.currency,
-            qr_payload=f"upi://pay?am={request.amount}",
-        )
 
 
 async def test_sandbox_order_is_paid_by_update_then_dispensed(

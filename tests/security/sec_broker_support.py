@@ -22,7 +22,7 @@ from gw_support import gateway_settings, load_site, order_status
 from polling import wait_for
 from standalone_site import MachineCreds
 
-from contracts.sync import PaymentCreate, PaymentIntent, PaymentUpdate
+from contracts.sync import PaymentUpdate
 from edge.app import Gateway
 from edge.sync.ports import PaymentsPort
 from tools.virtual_esp32 import VirtualDevice
@@ -374,25 +374,6 @@ async def finished(site: Site, order_id: str, within: float = 40) -> str:
         return status if status in {"completed", "refund_pending", "failed"} else None
 
     return str(await wait_for(terminal, within=within))
-
-
-class SandboxPayments:
-    """The payment port the cloud link would be: sandbox intents, captured by the test."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def create_payment(self, request: PaymentCreate) -> PaymentIntent:
-        self.count += 1
-        return PaymentIntent(
-            payment_id=f"pay_{self.count}",
-            order_id=request.order_id,
-            provider="sandbox",
-            status="created",
-            amount=request.amount,
-            currency=request.currency,
-            qr_payload=f"upi://pay?am={request.amount}",
-        )
 
 
 async def capture(site: Site, order: dict[str, Any], amount: int) -> None:

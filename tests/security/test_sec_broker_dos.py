@@ -5,12 +5,12 @@ connected through a storm of them and both a paid and a cash order complete."""
 from pathlib import Path
 
 import pytest
+from gw_support import PaymentsDouble
 from polling import wait_for
 from sec_broker_support import (
     BROKERS,
     NOT_AUTHORIZED,
     BrokerKind,
-    SandboxPayments,
     capture,
     create_order,
     creds,
@@ -29,7 +29,7 @@ __all__ = ["creds"]  # the session fixture, imported so pytest finds it
 async def test_refused_connect_storm_does_not_drop_the_firmware_during_vends(
     tmp_path: Path, creds: dict[str, MachineCreds], broker: BrokerKind
 ) -> None:
-    payments = SandboxPayments()
+    payments = PaymentsDouble()
     async with (
         running_site(broker, tmp_path, creds, payments=payments) as site,
         firmware_m1(site, tmp_path / "flash-M1") as device,

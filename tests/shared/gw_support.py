@@ -1,13 +1,15 @@
-"""Helpers shared by the gateway tests (machines, settings, polling)."""
+"""Helpers shared by the gateway tests (machines, settings, polling, a payments double)."""
 
+import itertools
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 from standalone_site import MachineCreds, machine_state
 
-from contracts.sync import MachineState, StateResponse
+from contracts.sync import MachineState, PaymentCreate, PaymentIntent, StateResponse
 from edge.app import Gateway
+from edge.errors import CloudUnavailable
 from edge.settings import GatewaySettings
 
 
@@ -63,3 +65,27 @@ async def load_site(gateway: Gateway, creds: dict[str, MachineCreds]) -> None:
 
 async def order_status(gateway: Gateway, order_id: str) -> str:
     return (await gateway.store.get_order(order_id)).status.value
+
+
+class PaymentsDouble:
+    """The cloud link's payment role (``PaymentsPort``): sandbox intents, captured by the test;
+    ``down`` makes it answer like an unreachable cloud."""
+
+    def __init__(self) -> None:
+        self.requests: list[PaymentCreate] = []
+        self.down = False
+        self._ids = itertools.count(1)
+
+    async def create_payment(self, request: PaymentCreate) -> PaymentIntent:
+        if self.down:
+            raise CloudUnavailable("cloud down")
+        self.requests.append(request)
+        return PaymentIntent(
+            payment_id=f"pay_{next(self._ids)}",
+            order_id=request.order_id,
+            provider="sandbox",
+            status="created",
+            amount=request.amount,
+            currency=request.currency,
+            qr_payload=f"upi://pay?am={request.amount}",
+        )
