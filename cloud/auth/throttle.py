@@ -7,15 +7,21 @@ Three keys count failures inside a sliding window:
   a few free tries, then waits 1 s, 2 s, 4 s ... up to 15 minutes between tries.
 - ``addr``: one client address across all accounts (password spraying).
 - ``acct``: one account across all addresses (a guesser with many addresses). Its lock is short
-  (30 s at most) and does not apply to an address the account logged in from successfully
-  before, so an attacker elsewhere cannot keep the real user out.
+  (30 s at most), and while it holds, an address that logged in successfully before may still
+  log in to the accounts it logged in to (only their passwords are checked), so an attacker
+  elsewhere cannot keep the real user out.
 
-An attempt is counted as a failure *before* the password is checked (and forgiven on success),
-so a burst of concurrent guesses cannot all slip past the check.
+An attempt is counted as a failure *before* the password is checked, and a success takes back
+only its own count, so a burst of concurrent guesses cannot all slip past the check.
+
+Accounts are per tenant, so one e-mail may name accounts in several tenants, and the ``pair``
+and ``acct`` keys are the e-mail's. Whoever holds one of those accounts (e.g. another tenant's
+admin who created it) must not be able to lift the brake on the others: their successes neither
+clear the e-mail's counts nor make an address trusted for any account but their own.
 """
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from math import ceil
 
@@ -34,6 +40,24 @@ class Limit:
     key: str
     free: int
     cap_s: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A counted attempt. ``only``: the account-wide lock holds, but the address logged in to
+    these accounts before, so only their passwords may be checked; anything else is refused
+    like the lock (``refusal``)."""
+
+    only: frozenset[str] | None = None
+    retry_after_s: int = 1
+
+    def admits(self, user_id: str) -> bool:
+        return self.only is None or user_id in self.only
+
+    def refusal(self) -> TooManyRequests:
+        return TooManyRequests(
+            "too many failed logins; try again later", retry_after_s=self.retry_after_s
+        )
 
 
 @dataclass(frozen=True)
@@ -62,14 +86,12 @@ class Throttle:
             trusted_days=s.login_trusted_address_days,
         )
 
-    def limits(self, email: str, address: str, trusted: bool) -> list[Limit]:
-        limits = [
+    def limits(self, email: str, address: str) -> list[Limit]:
+        return [
             Limit(f"pair:{address}:{email}", self.pair_free, self.pair_cap_s),
             Limit(f"addr:{address}", self.address_free, self.address_cap_s),
+            Limit(f"acct:{email}", self.account_free, self.account_cap_s),
         ]
-        if not trusted:
-            limits.append(Limit(f"acct:{email}", self.account_free, self.account_cap_s))
-        return limits
 
     def lock_for(self, failures: int, limit: Limit) -> float | None:
         if failures < limit.free:
@@ -77,27 +99,32 @@ class Throttle:
         # Bounded exponent: 2**40 s is already far past any cap.
         return min(self.base_s * 2 ** min(failures - limit.free, 40), limit.cap_s)
 
-    async def trusted(self, conn: AsyncConnection, email: str, address: str) -> bool:
+    async def trusted(self, conn: AsyncConnection, email: str, address: str) -> frozenset[str]:
+        """The accounts (user ids) with this e-mail that logged in from this address lately:
+        per account, since another tenant's account with the same e-mail is someone else's."""
         if self.trusted_days <= 0:
-            return False
+            return frozenset()
         since = utcnow() - timedelta(days=self.trusted_days)
-        found = await conn.scalar(
-            sa.select(t.login_audit.c.id)
+        rows = await conn.execute(
+            sa.select(t.login_audit.c.user_id)
             .where(
                 t.login_audit.c.email == email,
-                t.login_audit.c.client_address == address,
+                t.login_audit.c.client_address == address[:64],
                 t.login_audit.c.outcome == "success",
+                t.login_audit.c.user_id.is_not(None),
                 t.login_audit.c.created_at >= since,
             )
-            .limit(1)
+            .distinct()
+            .limit(10)
         )
-        return found is not None
+        return frozenset(str(row.user_id) for row in rows)
 
-    async def reserve(self, conn: AsyncConnection, email: str, address: str) -> None:
-        """Refuses with 429 while a key is locked; otherwise counts this attempt as a failure
-        on every key (``forgive`` takes it back on success). Call inside a transaction."""
+    async def reserve(self, conn: AsyncConnection, email: str, address: str) -> Reservation:
+        """Refuses with 429 while a key is locked (but see ``Reservation.only``); otherwise
+        counts this attempt as a failure on every key (``forgive`` takes it back on success).
+        Call inside a transaction."""
         now = utcnow()
-        limits = self.limits(email, address, await self.trusted(conn, email, address))
+        limits = self.limits(email, address)
         keys = [limit.key for limit in limits]
         await _ensure_rows(conn, keys, now)
         rows = {
@@ -109,15 +136,19 @@ class Throttle:
                 .with_for_update()
             )
         }
-        waits = [
-            (as_utc(row.locked_until) - now).total_seconds()
-            for row in rows.values()
+        waits = {
+            key: (as_utc(row.locked_until) - now).total_seconds()
+            for key, row in rows.items()
             if row.locked_until is not None and as_utc(row.locked_until) > now
-        ]
+        }
+        reservation = Reservation()
         if waits:
-            raise TooManyRequests(
-                "too many failed logins; try again later", retry_after_s=max(1, ceil(max(waits)))
-            )
+            reservation = Reservation(frozenset(), retry_after_s=max(1, ceil(max(waits.values()))))
+            if all(key.startswith("acct:") for key in waits):
+                # Only the account-wide lock: the real user's own address still gets in.
+                reservation = replace(reservation, only=await self.trusted(conn, email, address))
+            if not reservation.only:
+                raise reservation.refusal()
         window = timedelta(seconds=self.window_s)
         for limit in limits:
             row = rows[limit.key]
@@ -134,28 +165,29 @@ class Throttle:
                     updated_at=now,
                 )
             )
+        return reservation
 
     async def forgive(self, conn: AsyncConnection, email: str, address: str) -> None:
-        """A successful login clears its account's keys. The address key only takes back this
-        attempt's count: one account guessed right says nothing about the others an address
-        tried, but many users behind one NAT logging in must not lock it."""
-        await conn.execute(
-            t.login_throttle.delete().where(
-                t.login_throttle.c.key.in_([f"pair:{address}:{email}", f"acct:{email}"])
-            )
-        )
+        """A successful login takes back this attempt's count on every key, and only that: the
+        e-mail may name other tenants' accounts too, and one of them logging in says nothing
+        about guesses at the others (nor does one account guessed right say anything about the
+        others an address tried); many users behind one NAT logging in never lock it."""
         failures = t.login_throttle.c.failures
-        await conn.execute(
-            t.login_throttle.update()
-            .where(t.login_throttle.c.key == f"addr:{address}", failures > 0)
-            .values(
-                failures=failures - 1,
-                locked_until=sa.case(
-                    (failures - 1 < self.address_free, None),
-                    else_=t.login_throttle.c.locked_until,
-                ),
+        for key, free in (
+            (f"pair:{address}:{email}", self.pair_free),
+            (f"acct:{email}", self.account_free),
+            (f"addr:{address}", self.address_free),
+        ):
+            await conn.execute(
+                t.login_throttle.update()
+                .where(t.login_throttle.c.key == key, failures > 0)
+                .values(
+                    failures=failures - 1,
+                    locked_until=sa.case(
+                        (failures - 1 < free, None), else_=t.login_throttle.c.locked_until
+                    ),
+                )
             )
-        )
         await delete_stale_rows(conn, self.window_s, utcnow())
 
 

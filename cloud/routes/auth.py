@@ -102,7 +102,7 @@ async def login(call: Call) -> TokenPair:
     engine = call.ctx.engine
     try:
         async with engine.begin() as conn:
-            await throttle.reserve(conn, email, address)
+            reservation = await throttle.reserve(conn, email, address)
     except TooManyRequests:
         async with engine.begin() as conn:
             await record_refusal(conn, email=email, address=address)
@@ -118,7 +118,10 @@ async def login(call: Call) -> TokenPair:
     # Always the same number of hash checks (real ones, then dummies), at least
     # LOGIN_PASSWORD_CHECKS: otherwise a login to an address that also has an account in another
     # tenant would take one hash longer, and that tenant's existence could be timed.
-    stored = [a.password_hash if a.active else None for a in accounts]
+    # Under the account-wide lock only the accounts this address is trusted for are checked
+    # (the others get a dummy check), so a same-e-mail account in another tenant cannot be used
+    # to guess this one past the lock.
+    stored = [a.password_hash if a.active and reservation.admits(a.id) else None for a in accounts]
     padding = max(0, call.ctx.settings.login_password_checks - len(stored))
     results = await asyncio.gather(
         *(call.ctx.passwords.verify(h, body.password) for h in stored + [None] * padding)
@@ -126,6 +129,10 @@ async def login(call: Call) -> TokenPair:
     checks = results[: len(accounts)]
     now = utcnow()
     matched = [a for a, ok in zip(accounts, checks, strict=False) if ok and _usable(a, now) is None]
+    if not matched and reservation.only is not None:
+        async with engine.begin() as conn:
+            await record_refusal(conn, email=email, address=address)
+        raise reservation.refusal()
     if len(matched) != 1:
         async with engine.begin() as conn:
             if matched:
@@ -274,7 +281,9 @@ async def change_password(call: Call) -> PasswordChanged:
     # one that leaves no trace: every check is in the login audit like a login's.
     try:
         async with engine.begin() as conn:
-            await throttle.reserve(conn, user.email, address)
+            reservation = await throttle.reserve(conn, user.email, address)
+        if not reservation.admits(user.id):
+            raise reservation.refusal()
     except TooManyRequests:
         async with engine.begin() as conn:
             await record_refusal(conn, email=user.email, address=address)

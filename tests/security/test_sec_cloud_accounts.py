@@ -4,6 +4,7 @@ in the tenant's login audit like login guesses do."""
 
 # ruff: noqa: F811 - pytest fixtures are imported by name and then taken as parameters
 from sec_accounts_support import (  # noqa: F401
+    ACCOUNT_FREE,
     PAIR_FREE,
     PASSWORD,
     add_user,
@@ -52,3 +53,72 @@ async def test_a_password_change_is_audited(tenant, from_address):
     )
     assert reply.status == 200, reply.body
     assert (await _audit(tenant, row["email"]))[0] == ("success", "password_changed", "127.0.0.10")
+
+
+async def _same_email_elsewhere(make_tenant, victim) -> str:
+    """Another tenant's admin gives an account of their own tenant the victim's e-mail (accounts
+    are per tenant, so this is allowed and says nothing); returns its password."""
+    evil = await make_tenant()
+    await add_user(evil, "viewer", email=victim["email"], password="the evil tenant's password")
+    return "the evil tenant's password"
+
+
+async def test_another_tenants_account_with_the_same_email_grants_no_trust(
+    tenant, make_tenant, from_address
+):
+    """The account-wide limit is the brake on a guesser with many addresses, and addresses the
+    account logged in from are exempt. Trust came from any success with the e-mail, so another
+    tenant's admin made every address of theirs trusted by logging in to their own same-e-mail
+    account from it, and then guessed the victim's password from all of them unbraked."""
+    victim = await add_user(tenant, "operator")
+    home = from_address("127.0.3.250")
+    assert (await login(home, victim["email"])).status == 200
+    own_password = await _same_email_elsewhere(make_tenant, victim)
+    addresses = [from_address(f"127.0.3.{n}") for n in range(1, 6)]
+    for client in addresses:
+        assert (await login(client, victim["email"], own_password)).status == 200
+    statuses = []
+    for i, client in enumerate(addresses[:4]):
+        for j in range(PAIR_FREE):
+            statuses.append((await login(client, victim["email"], f"guess {i}.{j}")).status)
+    assert statuses == [401] * ACCOUNT_FREE + [429] * (4 * PAIR_FREE - ACCOUNT_FREE)
+    # While the account-wide lock holds, a trusted address still opens the accounts it is
+    # trusted for, and only those: the attacker's own account, the victim's from the victim's
+    # home.
+    spare = addresses[4]
+    assert (await login(spare, victim["email"], own_password)).status == 200
+    refused = await login(spare, victim["email"])
+    assert refused.status == 429 and refused.error["code"] == "too_many_requests"
+    assert (await login(home, victim["email"])).status == 200
+
+
+async def test_another_tenants_logins_do_not_reset_the_victims_counters(
+    tenant, make_tenant, from_address
+):
+    """A success cleared the account's counters, so logging in to the same-e-mail account of
+    one's own tenant between guesses reset the victim's account-wide count (and, from the
+    guessing address, its account+address count: the next test)."""
+    victim = await add_user(tenant, "operator")
+    own_password = await _same_email_elsewhere(make_tenant, victim)
+    elsewhere = from_address("127.0.4.250")
+    statuses = []
+    for n in range(1, 5):
+        client = from_address(f"127.0.4.{n}")
+        for j in range(PAIR_FREE - 1):
+            statuses.append((await login(client, victim["email"], f"guess {n}.{j}")).status)
+        assert (await login(elsewhere, victim["email"], own_password)).status == 200
+    assert statuses == [401] * ACCOUNT_FREE + [429] * (4 * (PAIR_FREE - 1) - ACCOUNT_FREE)
+
+
+async def test_own_logins_between_guesses_do_not_reset_the_address_count(
+    tenant, make_tenant, from_address
+):
+    victim = await add_user(tenant, "operator")
+    own_password = await _same_email_elsewhere(make_tenant, victim)
+    guesser = from_address("127.0.4.200")
+    statuses = []
+    for j in range(3):
+        for k in range(PAIR_FREE - 1):
+            statuses.append((await login(guesser, victim["email"], f"again {j}.{k}")).status)
+        await login(guesser, victim["email"], own_password)
+    assert statuses[PAIR_FREE:] == [429] * (len(statuses) - PAIR_FREE)
