@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gw_support import order_status
+from gw_support import firmware_m1, order_status
 from polling import wait_for
 from standalone_site import MachineCreds
 
@@ -18,24 +18,7 @@ from tools.virtual_esp32 import VirtualDevice
 async def firmware(
     tmp_path: Path, gateway: Gateway, creds: dict[str, MachineCreds]
 ) -> AsyncIterator[VirtualDevice]:
-    m1 = creds["M1"]
-    flash = tmp_path / "flash-M1"
-    VirtualDevice.install(
-        flash,
-        {
-            "machine_id": "M1",
-            "mqtt_host": "127.0.0.1",
-            "mqtt_port": gateway.mqtt_port,
-            "mqtt_password": m1.secret,
-            "command_key": m1.command_key,
-            "sim_slots": {"A1": 5, "A2": 2},
-            "motor_ms": 50,
-            "drop_timeout_ms": 300,
-            "resend_interval_s": 1,
-        },
-    )
-    async with VirtualDevice(flash) as dev:
-        await dev.wait_online(timeout=20)
+    async with firmware_m1(tmp_path / "flash-M1", gateway.mqtt_port, creds["M1"]) as dev:
         yield dev
 
 

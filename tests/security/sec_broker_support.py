@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
+import gw_support
 from brokers import gateway_mosquitto
 from gw_support import creds as creds  # re-exported: the tests take it as a fixture
 from gw_support import gateway_settings, load_site, order_status
@@ -329,23 +330,7 @@ async def raw_victim(site: Site) -> AsyncIterator[RawConnection]:
 
 @contextlib.asynccontextmanager
 async def firmware_m1(site: Site, flash: Path) -> AsyncIterator[VirtualDevice]:
-    m1 = site.creds["M1"]
-    VirtualDevice.install(
-        flash,
-        {
-            "machine_id": "M1",
-            "mqtt_host": "127.0.0.1",
-            "mqtt_port": site.port,
-            "mqtt_password": m1.secret,
-            "command_key": m1.command_key,
-            "sim_slots": {"A1": 5, "A2": 2},
-            "motor_ms": 50,
-            "drop_timeout_ms": 300,
-            "resend_interval_s": 1,
-        },
-    )
-    async with VirtualDevice(flash) as dev:
-        await dev.wait_online(timeout=30)
+    async with gw_support.firmware_m1(flash, site.port, site.creds["M1"], within=30) as dev:
         yield dev
 
 

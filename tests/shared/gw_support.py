@@ -1,6 +1,8 @@
 """Helpers shared by the gateway tests (machines, settings, polling, a payments double)."""
 
+import contextlib
 import itertools
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +13,7 @@ from contracts.sync import MachineState, PaymentCreate, PaymentIntent, StateResp
 from edge.app import Gateway
 from edge.errors import CloudUnavailable
 from edge.settings import GatewaySettings
+from tools.virtual_esp32 import VirtualDevice
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +92,28 @@ class PaymentsDouble:
             currency=request.currency,
             qr_payload=f"upi://pay?am={request.amount}",
         )
+
+
+@contextlib.asynccontextmanager
+async def firmware_m1(
+    flash: Path, mqtt_port: int, m1: MachineCreds, *, within: float = 20
+) -> AsyncIterator[VirtualDevice]:
+    """The real firmware as machine M1 (slots A1: 5, A2: 2), online at the broker on
+    ``mqtt_port`` within ``within`` seconds."""
+    VirtualDevice.install(
+        flash,
+        {
+            "machine_id": "M1",
+            "mqtt_host": "127.0.0.1",
+            "mqtt_port": mqtt_port,
+            "mqtt_password": m1.secret,
+            "command_key": m1.command_key,
+            "sim_slots": {"A1": 5, "A2": 2},
+            "motor_ms": 50,
+            "drop_timeout_ms": 300,
+            "resend_interval_s": 1,
+        },
+    )
+    async with VirtualDevice(flash) as dev:
+        await dev.wait_online(timeout=within)
+        yield dev
