@@ -6,11 +6,14 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from contracts.openapi import ErrorBody, ErrorEnvelope
 
-__all__ = ["MAX_SAFE_INT", "ErrorBody", "ErrorEnvelope", "Input", "Output"]
+__all__ = ["EMAIL_MAX", "MAX_SAFE_INT", "ErrorBody", "ErrorEnvelope", "Input", "Output"]
 
 # Ids, cursors and offsets: the largest integer every JSON reader keeps exactly; far below the
 # 64-bit database columns, so a huge number is a 400 rather than a database error.
 MAX_SAFE_INT = 2**53
+# E-mail addresses are kept lower-cased, and lower-casing can lengthen a string ("\u0130" becomes
+# two characters): the stored form is what must fit the columns and throttle keys.
+EMAIL_MAX = 320
 
 
 class Input(BaseModel):

@@ -1,16 +1,23 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import ConfigDict, Field, StrictBool, model_validator
+from pydantic import ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from cloud.auth.permissions import Role
-from cloud.models.common import Input, Output
+from cloud.models.common import EMAIL_MAX, Input, Output
 
 
 class UserCreate(Input):
-    email: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+    email: Annotated[str, Field(min_length=3, max_length=EMAIL_MAX, pattern=r"^[^@\s]+@[^@\s]+$")]
     password: Annotated[str, Field(min_length=8, max_length=1024)]
     role: Role
+
+    @field_validator("email", mode="after")
+    @classmethod
+    def _fits_lower_cased(cls, value: str) -> str:
+        if len(value.lower()) > EMAIL_MAX:
+            raise ValueError(f"the e-mail must have at most {EMAIL_MAX} characters lower-cased")
+        return value
 
 
 class UserUpdate(Input):

@@ -122,3 +122,26 @@ async def test_own_logins_between_guesses_do_not_reset_the_address_count(
             statuses.append((await login(guesser, victim["email"], f"again {j}.{k}")).status)
         await login(guesser, victim["email"], own_password)
     assert statuses[PAIR_FREE:] == [429] * (len(statuses) - PAIR_FREE)
+
+
+async def test_an_email_that_grows_when_lower_cased_is_a_clear_4xx(tenant):
+    """ "\\u0130" (capital I with dot) lower-cases to two characters, so a 305-character address
+    became 605 after the server's lower-casing: past the throttle key and e-mail columns, and
+    PostgreSQL answered login and user creation with 500."""
+    grown = "\u0130" * 300 + "@x.io"
+    assert len(grown) <= 320 < len(grown.lower())
+    reply = await login(tenant.admin, grown, "whatever it is")
+    assert reply.status == 401 and reply.error["code"] == "unauthorized", reply.body
+    created = await tenant.admin.call(
+        "POST", "/api/v1/users", {"email": grown, "password": PASSWORD, "role": "viewer"}
+    )
+    assert created.status == 400 and created.error["code"] == "validation_error", created.body
+    users = (await tenant.admin.call("GET", "/api/v1/users")).data
+    assert all(len(u["email"]) <= 320 for u in users)
+    # One that stays within 320 characters once lower-cased is a normal account.
+    fits = "\u0130" * 100 + "@x.io"
+    created = await tenant.admin.call(
+        "POST", "/api/v1/users", {"email": fits, "password": PASSWORD, "role": "viewer"}
+    )
+    assert created.status == 201 and created.data["email"] == fits.lower(), created.body
+    assert (await login(tenant.admin, fits)).status == 200
