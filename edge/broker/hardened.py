@@ -118,6 +118,10 @@ class HardenedBroker(Broker):
             await self._serve(reader, writer, listener_name)
         except (AMQTTError, MQTTError, NoDataError) as exc:
             log.warning("MQTT connection ended with an error: %s", exc)
+        except OSError as exc:
+            # The client went away (reset) before we were done, e.g. while its CONNECT waited
+            # for a check: nothing to answer, and no traceback for asyncio to log.
+            log.debug("MQTT connection gone: %s", exc)
         finally:
             server.release_connection()
 
@@ -134,7 +138,10 @@ class HardenedBroker(Broker):
                     reader, writer, self.plugins_manager
                 )
         except TimeoutError:
-            log.info("closed MQTT connection from %s:%s: no CONNECT in time", *peer)
+            self._authority.refusal_log(
+                ("timeout", str(peer[0])), logging.INFO,
+                "closed MQTT connection from %s:%s: no CONNECT in time", *peer,
+            )  # fmt: skip
             self._metrics.mqtt_connects_refused.labels(reason="timeout").inc()
             await writer.close()
             return
@@ -143,14 +150,18 @@ class HardenedBroker(Broker):
             return
         except (AMQTTError, MQTTError) as exc:
             # init_from_connect has already answered what has a CONNACK code.
-            log.info("refused a malformed CONNECT from %s:%s: %s", *peer, exc)
+            self._authority.refusal_log(
+                ("malformed", str(peer[0])), logging.INFO,
+                "refused a malformed CONNECT from %s:%s: %s", *peer, exc,
+            )  # fmt: skip
             self._metrics.mqtt_connects_refused.labels(reason="malformed").inc()
             await writer.close()
             return
 
         reason = await self._vet(incoming, listener_name)
         if reason is not None:
-            log.warning(
+            self._authority.refusal_log(
+                ("connect", str(peer[0]), reason), logging.WARNING,
                 "refused CONNECT from %s:%s (client id %r, user %r): %s",
                 *peer, incoming.client_id, incoming.username, reason,
             )  # fmt: skip
@@ -329,7 +340,10 @@ class HardenedBroker(Broker):
             and topic_name is not None
             and not self._authority.may_retain(source_session, topic_name)
         ):
-            log.info("not retaining %s's publish on %s", source_session.client_id, topic_name)
+            self._authority.refusal_log(
+                ("retain", source_session.client_id or ""), logging.INFO,
+                "not retaining %s's publish on %r", source_session.client_id, topic_name,
+            )  # fmt: skip
             self._metrics.mqtt_retain_refused.inc()
             return
         await super().retain_message(source_session, topic_name, data, qos)

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -22,11 +23,36 @@ log = logging.getLogger(__name__)
 
 SecretLookup = Callable[[str], Awaitable[str | None]]
 PBKDF2_CONCURRENCY = 2
+# A refusal of each kind is logged at most this often per client address (or machine); the
+# metrics count every one. Anyone on the LAN can cause refusals as fast as they can connect.
+REFUSAL_LOG_INTERVAL_S = 60.0
+_REFUSAL_LOG_MAX = 4096
 # PBKDF2 checks one client address may have waiting or running at once. A device has one
 # connection; a host flooding wrong passwords would otherwise queue hundreds of checks, and
 # every uncached login (each device after a gateway restart) would wait behind all of them,
 # past the firmware's 10 s CONNACK timeout.
 PBKDF2_PER_ADDRESS = 2
+
+
+class RefusalLog:
+    """Logs a refusal at most once per ``REFUSAL_LOG_INTERVAL_S`` per key. Unthrottled, a host
+    with no credentials wrote a few hundred bytes of log per refused CONNECT (tens of GB a day
+    at the rate one host reaches), enough to fill the gateway's disk."""
+
+    def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S) -> None:
+        self._interval_s = interval_s
+        self._last: dict[tuple[str, ...], float] = {}
+
+    def __call__(self, key: tuple[str, ...], level: int, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval_s:
+            return
+        if len(self._last) >= _REFUSAL_LOG_MAX:
+            self._last.clear()
+        self._last[key] = now
+        log.log(level, message + " (such refusals logged at most every %.0fs)",
+                *args, self._interval_s)  # fmt: skip
 
 
 @dataclass
@@ -47,6 +73,7 @@ class BrokerAuthority:
         # the default thread pool.
         self._pbkdf2_slots = asyncio.Semaphore(PBKDF2_CONCURRENCY)
         self._pbkdf2_by_address: dict[str, int] = {}
+        self.refusal_log = RefusalLog()
 
     def is_gateway(self, session: Session) -> bool:
         return session.client_id == self.gateway_client_id and (
@@ -61,21 +88,27 @@ class BrokerAuthority:
             return session.client_id == username and hmac.compare_digest(
                 password.encode(), self.gateway_password.encode()
             )
+        address = session.remote_address or ""
         if session.client_id != username:
-            log.info("refused %s: client id must equal the machine id", username)
+            self.refusal_log(("client_id", address), logging.INFO,
+                             "refused %s from %s: client id must equal the machine id",
+                             username, address)  # fmt: skip
             return False
         stored = await self.secret_hash(username)
         if stored is None:
-            log.info("refused %s: unknown or inactive machine", username)
+            self.refusal_log(("unknown", address), logging.INFO,
+                             "refused %s from %s: unknown or inactive machine",
+                             username, address)  # fmt: skip
             return False
         key = (username, hashlib.sha256(password.encode()).digest(), stored)
         if key in self._verified:
             self._session_hash[username] = stored
             return True
-        address = session.remote_address or ""
         pending = self._pbkdf2_by_address.get(address, 0)
         if pending >= PBKDF2_PER_ADDRESS:
-            log.info("refused %s: %s has too many logins being checked", username, address)
+            self.refusal_log(("busy", address), logging.INFO,
+                             "refused %s: %s has too many logins being checked",
+                             username, address)  # fmt: skip
             return False
         self._pbkdf2_by_address[address] = pending + 1
         try:
@@ -94,7 +127,8 @@ class BrokerAuthority:
             self._verified.add(key)
             self._session_hash[username] = stored
         else:
-            log.info("refused %s: wrong password", username)
+            self.refusal_log(("password", address), logging.INFO,
+                             "refused %s from %s: wrong password", username, address)  # fmt: skip
         return ok
 
     async def still_authorised(self, session: Session) -> bool:
@@ -182,5 +216,8 @@ class DeviceTopicPlugin(BaseTopicPlugin):
                 log.warning("refused %s: its machine is no longer active with these credentials",
                             session.client_id)  # fmt: skip
         if not allowed and action != Action.RECEIVE:
-            log.info("ACL refused %s %s on %s", session.client_id, action.value, topic)
+            self.authority.refusal_log(
+                ("acl", session.client_id or "", action.value), logging.INFO,
+                "ACL refused %s %s on %r", session.client_id, action.value, topic,
+            )  # fmt: skip
         return allowed

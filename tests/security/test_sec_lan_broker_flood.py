@@ -11,6 +11,9 @@ next to the flood, not behind it. Real gateway, embedded amqtt broker, real PBKD
 
 import asyncio
 import contextlib
+import logging
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -90,3 +93,49 @@ async def test_a_wrong_password_flood_does_not_keep_devices_from_logging_in(
         # M1 never logged in before: its login is a full PBKDF2 check, served next to the flood
         assert waited < 1.5, f"M1's first login waited {waited:.1f}s behind the flood"
     assert set(answers) == {NOT_AUTHORIZED}
+
+
+async def _abandoned_connect(port: int, packet: bytes, source: str) -> None:
+    """Send a CONNECT and reset the connection before the broker answers (SO_LINGER 0)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(packet)
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def test_a_refused_connect_flood_does_not_flood_the_log(
+    tmp_path: Path, real_creds: dict[str, MachineCreds], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every refused CONNECT wrote two log lines (about 440 bytes with amqtt's), and one whose
+    client had gone before the answer a 17-line traceback ("Unhandled exception in
+    client_connected_cb": closing the reset socket raised). A host on the LAN with no
+    credentials writes ~300 KB/s that way, tens of GB a day into the gateway's disk. Now
+    refusals are counted in full and logged at most once a minute per reason and address."""
+    caplog.set_level(logging.INFO)
+    async with running_site("amqtt", tmp_path, real_creds) as site:
+        wrong = connect_packet("M2", "M2", "not-the-secret", clean=True)
+        for source in ("127.0.0.2", "127.0.0.3"):
+            answers = await asyncio.gather(*(_connack(site.port, wrong, source) for _ in range(40)))
+            assert set(answers) == {NOT_AUTHORIZED}
+        await asyncio.gather(
+            *(_abandoned_connect(site.port, wrong, "127.0.0.4") for _ in range(40))
+        )
+
+        async def all_counted() -> bool:
+            refused = site.metric("gateway_mqtt_connects_refused_total", {"reason": "credentials"})
+            return refused >= 80 + 30  # an abandoned CONNECT may be dropped before it is read
+
+        await wait_for(all_counted)
+        m1 = real_creds["M1"]
+        assert await _connack(site.port, connect_packet("M1", "M1", m1.secret), "127.0.0.1") == 0
+    # the gateway runs amqtt's own loggers at WARNING (edge.__main__): its INFO lines do not count
+    noisy = [
+        r
+        for r in caplog.records
+        if r.name.startswith(("edge.broker", "asyncio"))
+        or (r.name.startswith("amqtt") and r.levelno >= logging.WARNING)
+    ]
+    assert not [r for r in noisy if r.levelno >= logging.ERROR], noisy[:3]
+    assert len(noisy) <= 12, [r.getMessage() for r in noisy][:20]
