@@ -167,19 +167,46 @@ async def login(call: Call) -> TokenPair:
         raise Unauthorized("invalid e-mail or password")
     user = matched[0]
     async with engine.begin() as conn:
-        await throttle.forgive(conn, email, address)
+        # The password was checked against the row read before hashing. A password change,
+        # reset, disable or delete that committed meanwhile ended the user's sessions already,
+        # so a session opened now on the old password would outlive it. The row lock orders
+        # this against those writes (they update the user before ending sessions).
+        current = (
+            await conn.execute(
+                sa.select(t.users.c.password_hash, t.users.c.token_version, t.users.c.active)
+                .where(t.users.c.id == user.id)
+                .with_for_update()
+            )
+        ).first()
+        if current is not None and tuple(current) == (
+            user.password_hash,
+            user.token_version,
+            user.active,
+        ):
+            await throttle.forgive(conn, email, address)
+            await record_login(
+                conn,
+                email=email,
+                address=address,
+                outcome="success",
+                reason="temporary_password" if user.must_change_password else "password",
+                tenant_id=user.tenant_id,
+                user_id=user.id,
+            )
+            session_id = await open_session(conn, user.id)
+            pair, _ = await _issue_pair(call, conn, user, session_id)
+            return pair
+    async with engine.begin() as conn:
         await record_login(
             conn,
             email=email,
             address=address,
-            outcome="success",
-            reason="temporary_password" if user.must_change_password else "password",
+            outcome="failure",
+            reason="bad_password",
             tenant_id=user.tenant_id,
-            user_id=user.id,
+            user_id=user.id if current is not None else None,
         )
-        session_id = await open_session(conn, user.id)
-        pair, _ = await _issue_pair(call, conn, user, session_id)
-        return pair
+    raise Unauthorized("invalid e-mail or password")
 
 
 class _RotationLost(Exception):
@@ -302,16 +329,21 @@ async def change_password(call: Call) -> PasswordChanged:
         raise Forbidden("current password is wrong")
     new_hash = await call.ctx.passwords.hash(body.new_password)
     async with engine.begin() as conn:
-        await throttle.forgive(conn, user.email, address)
-        await record_login(
-            conn, outcome="success", reason="password_changed", user_id=user.id, **audit
-        )
-        await conn.execute(
+        # Only over the password just checked (the user row first, as a login locks it): a
+        # change or reset that committed meanwhile wins, and this one is refused.
+        changed = await conn.execute(
             t.users.update()
-            .where(t.users.c.id == user.id)
+            .where(t.users.c.id == user.id, t.users.c.password_hash == user.password_hash)
             .values(password_hash=new_hash, must_change_password=False, password_expires_at=None)
         )
-        await end_sessions(conn, user_id=user.id, keep_session_id=principal.session_id)
+        if changed.rowcount == 1:
+            await end_sessions(conn, user_id=user.id, keep_session_id=principal.session_id)
+            await throttle.forgive(conn, user.email, address)
+            await record_login(
+                conn, outcome="success", reason="password_changed", user_id=user.id, **audit
+            )
+    if changed.rowcount != 1:
+        raise Forbidden("current password is wrong")
     return PasswordChanged(changed=True, other_sessions_ended=True)
 
 

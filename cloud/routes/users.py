@@ -96,7 +96,10 @@ async def _locked_user(conn: AsyncConnection, tenant_id: str, user_id: str) -> s
     )
     row = (
         await conn.execute(
-            sa.select(t.users).where(t.users.c.id == user_id, t.users.c.tenant_id == tenant_id)
+            sa.select(t.users)
+            .where(t.users.c.id == user_id, t.users.c.tenant_id == tenant_id)
+            # A login in flight for this user waits here, then sees what this change did.
+            .with_for_update()
         )
     ).first()
     if row is None:
@@ -139,11 +142,15 @@ async def update_user(call: Call) -> UserOut:
         active = body.active if body.active is not None else user.active
         await _keep_an_admin(conn, user, stays_admin=role == Role.ADMIN.value and active)
         values: dict[str, object] = {"role": role, "active": active}
-        if user.active and not active:
+        disabling = user.active and not active
+        if disabling:
             # Every token dies now; enabling the user again does not bring them back.
             values["token_version"] = user.token_version + 1
-            await end_sessions(conn, user_id=user.id)
+        # The user row first, then the sessions: a login in flight locks that row before it
+        # opens a session, so it either sees the change or its session is ended here.
         await conn.execute(t.users.update().where(t.users.c.id == user.id).values(**values))
+        if disabling:
+            await end_sessions(conn, user_id=user.id)
         row = (await conn.execute(sa.select(*_COLUMNS).where(t.users.c.id == user.id))).one()
     return UserOut.model_validate(row_dict(row))
 
@@ -185,7 +192,7 @@ async def reset_password(call: Call) -> PasswordReset:
     expires_at = utcnow() + TEMPORARY_PASSWORD_TTL
     async with call.ctx.engine.begin() as conn:
         user = await _locked_user(conn, call.principal.tenant_id, call.path("user_id"))
-        await end_sessions(conn, user_id=user.id)
+        # The user row before the sessions, like a disable (a login in flight locks the row).
         await conn.execute(
             t.users.update()
             .where(t.users.c.id == user.id)
@@ -196,6 +203,7 @@ async def reset_password(call: Call) -> PasswordReset:
                 token_version=user.token_version + 1,
             )
         )
+        await end_sessions(conn, user_id=user.id)
     return PasswordReset(user_id=user.id, temporary_password=temporary, expires_at=expires_at)
 
 

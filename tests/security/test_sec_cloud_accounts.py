@@ -3,6 +3,9 @@ password through change-password, and the password change that completes a takeo
 in the tenant's login audit like login guesses do."""
 
 # ruff: noqa: F811 - pytest fixtures are imported by name and then taken as parameters
+import asyncio
+
+import jwt
 from sec_accounts_support import (  # noqa: F401
     ACCOUNT_FREE,
     PAIR_FREE,
@@ -145,3 +148,81 @@ async def test_an_email_that_grows_when_lower_cased_is_a_clear_4xx(tenant):
     )
     assert created.status == 201 and created.data["email"] == fits.lower(), created.body
     assert (await login(tenant.admin, fits)).status == 200
+
+
+async def _logins_in_flight(from_address, email: str, first: int) -> list:
+    """Logins with the account's current password from four addresses, started and left
+    waiting for the password hasher (one hash at a time), as a thief holding the old password
+    keeps logging in."""
+    clients = [from_address(f"127.0.6.{first + n}") for n in range(4)]
+    futures = [asyncio.ensure_future(login(client, email)) for client in clients]
+    await asyncio.sleep(0)
+    return futures
+
+
+async def _surviving(tenant, futures, version: int | None = None) -> list[tuple[int, int]]:
+    """(access token, refresh token) statuses of each session the logins opened (only those
+    whose token carries ``version``, i.e. that read the user row before the change, if given)."""
+    survivors = []
+    for reply in await asyncio.gather(*futures):
+        if reply.status == 200:
+            token = reply.data["access_token"]
+            if (
+                version is not None
+                and jwt.decode(token, options={"verify_signature": False})["ver"] != version
+            ):
+                continue  # a login that began after the change: a new session, rightly
+            used = await tenant.admin.as_user(token).call("GET", "/api/v1/users")
+            refreshed = await tenant.admin.call(
+                "POST", "/api/v1/auth/refresh", {"refresh_token": reply.data["refresh_token"]}
+            )
+            survivors.append((used.status, refreshed.status))
+        else:
+            assert reply.status == 401, reply.body
+    return survivors
+
+
+async def test_a_login_in_flight_does_not_outlive_a_password_change(tenant, from_address):
+    """A login checked the password against the user row it read before hashing and opened its
+    session after: one in flight while the owner changed the password opened a session the
+    change never ended (PostgreSQL: two of four thieves kept full access and refresh)."""
+    row = await add_user(tenant, "admin")
+    owner = tenant.admin.as_user((await tenant.admin.login(row["email"]))["access_token"])
+    futures = await _logins_in_flight(from_address, row["email"], 1)
+    changed = await owner.call(
+        "POST", CHANGE, {"current_password": PASSWORD, "new_password": "the owner's new one"}
+    )
+    assert changed.status == 200, changed.body
+    assert all(s == (401, 401) for s in await _surviving(tenant, futures))
+
+
+async def test_a_login_in_flight_does_not_outlive_a_disable(tenant, from_address):
+    row = await add_user(tenant, "admin")
+    before = await tenant.admin.login(row["email"])
+    version = jwt.decode(before["access_token"], options={"verify_signature": False})["ver"]
+    futures = await _logins_in_flight(from_address, row["email"], 11)
+    disabled = await tenant.admin.call("PATCH", f"/api/v1/users/{row['id']}", {"active": False})
+    assert disabled.status == 200, disabled.body
+    enabled = await tenant.admin.call("PATCH", f"/api/v1/users/{row['id']}", {"active": True})
+    assert enabled.status == 200, enabled.body
+    # Enabling the user again revives no session, not even one a login opened meanwhile.
+    assert all(s == (401, 401) for s in await _surviving(tenant, futures, version))
+
+
+async def test_a_stale_change_password_cannot_undo_the_owners_change(tenant):
+    """Two change-passwords with the same old password (a thief with a stolen token and the old
+    password, and the owner): only one wins; the other is refused, not applied over it."""
+    row = await add_user(tenant, "admin")
+    first = tenant.admin.as_user((await tenant.admin.login(row["email"]))["access_token"])
+    second = tenant.admin.as_user((await tenant.admin.login(row["email"]))["access_token"])
+    replies = await asyncio.gather(
+        first.call("POST", CHANGE, {"current_password": PASSWORD, "new_password": "first's one"}),
+        second.call("POST", CHANGE, {"current_password": PASSWORD, "new_password": "second's one"}),
+    )
+    # The loser is refused: 403 if it got past its session check before the winner ended its
+    # session, 401 if after.
+    assert sorted(r.status for r in replies) in ([200, 401], [200, 403]), [r.body for r in replies]
+    winner = "first's one" if replies[0].status == 200 else "second's one"
+    loser = "second's one" if replies[0].status == 200 else "first's one"
+    assert (await login(tenant.admin, row["email"], winner)).status == 200
+    assert (await login(tenant.admin, row["email"], loser)).status == 401
