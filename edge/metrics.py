@@ -14,7 +14,8 @@ class GatewayMetrics:
         )
         self.mqtt_rejected = Counter(
             "gateway_mqtt_rejected",
-            "Device messages dropped: malformed, oversized, unexpected topic, handler error",
+            "Device messages dropped: malformed, oversized, unexpected topic, handler error,"
+            " log_rate (device log lines over the per-machine budget)",
             ["reason"],
             registry=self.registry,
         )

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from contracts import topics
 from contracts.device_messages import Acks, DeviceLog, DispenseResult, Health, Presence
 from contracts.signing import SIGNED_DEVICE_SUFFIXES
+from contracts.text import clean_device_text
 from edge.backoff import Backoff
 from edge.errors import DeviceLinkError
 from edge.metrics import GatewayMetrics
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 # password could otherwise flood the log).
 REFUSAL_LOG_INTERVAL_S = 300.0
 _REFUSAL_LOG_MAX = 4096
+# Device log lines written per machine: a burst of this many, then one a second. A machine's
+# MQTT password (in a stolen device's flash, or sniffed from plain MQTT on the LAN) lets anyone
+# publish on its logs topic; unbounded, that fills the gateway's disk.
+DEVICE_LOG_BURST = 60
+DEVICE_LOG_PER_S = 1.0
 
 SUBSCRIPTIONS = (
     f"{topics.ROOT}/+/status/#",
@@ -60,6 +66,7 @@ class DeviceLink:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._refusals_logged: dict[tuple[str, str], float] = {}
+        self._log_budget: dict[str, tuple[float, float]] = {}  # machine -> (tokens, at)
 
     @property
     def connected(self) -> bool:
@@ -164,24 +171,31 @@ class DeviceLink:
 
     def _reject(self, reason: str, topic_name: str, detail: object = None) -> None:
         self._metrics.mqtt_rejected.labels(reason=reason).inc()
-        log.warning("dropped message on %s: %s %s", topic_name, reason, detail or "")
+        if self._log_due((topic_name, reason)):
+            log.warning("dropped message on %s: %s %s (logged at most every %.0fs)",
+                        topic_name, reason, detail or "", REFUSAL_LOG_INTERVAL_S)  # fmt: skip
 
     def _refuse(self, machine_id: str, reason: str) -> None:
         self._metrics.device_messages_refused.labels(reason=reason).inc()
-        now = time.monotonic()
-        key = (machine_id, reason)
-        last = self._refusals_logged.get(key)
-        if last is not None and now - last < REFUSAL_LOG_INTERVAL_S:
+        if not self._log_due((machine_id, reason)):
             return
-        if len(self._refusals_logged) >= _REFUSAL_LOG_MAX:
-            self._refusals_logged.clear()
-        self._refusals_logged[key] = now
         log.warning(
             "refused a device message for machine %s: %s (logged at most every %.0fs)",
             machine_id,
             reason,
             REFUSAL_LOG_INTERVAL_S,
         )
+
+    def _log_due(self, key: tuple[str, str]) -> bool:
+        """Whether a refusal of this kind is due to be logged (at most every interval)."""
+        now = time.monotonic()
+        last = self._refusals_logged.get(key)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL_S:
+            return False
+        if len(self._refusals_logged) >= _REFUSAL_LOG_MAX:
+            self._refusals_logged.clear()
+        self._refusals_logged[key] = now
+        return True
 
     async def _handle_signed(self, machine_id: str, suffix: str, payload: bytes) -> None:
         outcome = await self._store.record_signed_message(machine_id, suffix, payload)
@@ -227,7 +241,21 @@ class DeviceLink:
             case Health():
                 await self._store.touch_machine(machine_id)
             case DeviceLog():
-                log.info("device %s [%s] %s", machine_id, message.level, message.msg)
+                if not self._may_log(machine_id):
+                    self._metrics.mqtt_rejected.labels(reason="log_rate").inc()
+                    return
+                # Control characters replaced: a newline would let a device write lines that
+                # read as the gateway's own.
+                text = clean_device_text(message.msg, len(message.msg))
+                log.info("device %s [%s] %s", machine_id, message.level, text)
+
+    def _may_log(self, machine_id: str) -> bool:
+        now = time.monotonic()
+        tokens, at = self._log_budget.get(machine_id, (float(DEVICE_LOG_BURST), now))
+        tokens = min(float(DEVICE_LOG_BURST), tokens + (now - at) * DEVICE_LOG_PER_S)
+        allowed = tokens >= 1.0
+        self._log_budget[machine_id] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
 
     async def ack(self, machine_id: str, ids: list[str]) -> None:
         body = Acks(ids=ids).model_dump_json().encode()
