@@ -1,11 +1,12 @@
 """Settings of the cloud process (env prefix ``VENDING_CLOUD_``, optional ``.env``-style file)."""
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.sealing import KeyRing, load_key_ring
@@ -30,6 +31,10 @@ class CloudSettings(BaseSettings):
     # What enrolment hands to gateways; derived from the bound sync address when unset.
     sync_public_url: str | None = None
     server_hostnames: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"])
+    # Reverse proxies in front of the API (addresses or networks, e.g. ["10.0.0.0/8"]): from
+    # them the client address for login throttling and the audit is read from X-Forwarded-For.
+    # Empty: the TCP peer, and the header is ignored (anyone can send it).
+    trusted_proxies: list[str] = Field(default_factory=list)
 
     jwt_secret: SecretStr | None = None
     # Rotating signing keys (``vending-cloud rotate-jwt-key``); defaults to DATA_DIR/jwt_keys.json.
@@ -84,6 +89,13 @@ class CloudSettings(BaseSettings):
     # generated in data_dir/master_keys when neither is set; production requires one.
     master_keys: SecretStr | None = None
     master_keys_file: Path | None = None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr.strip(), strict=False)  # ValueError names the bad one
+        return value
 
     @model_validator(mode="after")
     def _production_needs_secret(self) -> "CloudSettings":

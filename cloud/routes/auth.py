@@ -6,7 +6,6 @@ import uuid
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.auth.permissions import Role, permissions_for
@@ -23,6 +22,7 @@ from cloud.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from cloud.http import peers
 from cloud.http.registry import Api, Call
 from cloud.models.auth import (
     ChangePasswordRequest,
@@ -40,10 +40,9 @@ TAG = "auth"
 _MAX_ACCOUNTS_PER_EMAIL = 10
 
 
-def client_address(request: web.Request) -> str:
-    # The peer address. Behind a reverse proxy, configure it to pass the client's own address
-    # (e.g. the PROXY protocol); X-Forwarded-For is not trusted, since anyone can send it.
-    return request.remote or "unknown"
+def client_address(call: Call) -> str:
+    # The TCP peer; behind a reverse proxy listed in TRUSTED_PROXIES, the address it saw.
+    return peers.client_address(call.request, call.ctx.settings.trusted_proxies)
 
 
 async def _issue_pair(
@@ -97,7 +96,7 @@ def _usable(account: sa.Row, now: datetime) -> str | None:
 async def login(call: Call) -> TokenPair:
     body = call.body(LoginRequest)
     email = body.email.lower()
-    address = client_address(call.request)
+    address = client_address(call)
     throttle = Throttle.from_settings(call.ctx.settings)
     engine = call.ctx.engine
     try:
@@ -302,7 +301,7 @@ async def change_password(call: Call) -> PasswordChanged:
         user = (
             await conn.execute(sa.select(t.users).where(t.users.c.id == principal.user_id))
         ).one()
-    address = client_address(call.request)
+    address = client_address(call)
     throttle = Throttle.from_settings(call.ctx.settings)
     # A stolen access token must not become a way to guess the password without limits, nor
     # one that leaves no trace: every check is in the login audit like a login's.
