@@ -6,19 +6,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gw_support import order_status
+from gw_support import order_body, order_status
 
 from edge.app import Gateway
-
-
-def order_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "machine_id": "M1",
-        "items": [{"id": "M1-A1", "quantity": 1}],
-        "payment_method": "cash",
-    }
-    body.update(overrides)
-    return body
 
 
 async def post_order(

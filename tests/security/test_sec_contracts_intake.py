@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from gw_support import order_body
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -18,16 +19,6 @@ from standalone_site import MachineCreds, machine_state
 from cloud.sync.events import _PAYLOADS
 from contracts.sync import DispenseRecord, OutboxEvent, StateResponse
 from edge.http.schemas import CreateOrderRequest
-
-
-def order(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "machine_id": "M1",
-        "items": [{"id": "M1-A1", "quantity": 1}],
-        "payment_method": "cash",
-    }
-    body.update(overrides)
-    return body
 
 
 def snapshot(**overrides: Any) -> dict[str, Any]:
@@ -105,7 +96,7 @@ async def test_kiosk_refuses_what_sync_refuses(tmp_path: Path, field: str, value
         backlog = await gateway.store.outbox_backlog()
         async with aiohttp.ClientSession(base_url=gateway.http_url) as http:
             # ensure_ascii JSON: a lone surrogate goes out as the escape \\ud800, as in an attack.
-            async with http.post("/api/v1/orders", json=order(**{field: value})) as resp:
+            async with http.post("/api/v1/orders", json=order_body(**{field: value})) as resp:
                 text = await resp.text()
                 status, payload = resp.status, await resp.json()
         assert status == 400, payload
@@ -133,7 +124,7 @@ async def test_what_the_kiosk_accepts_the_cloud_accepts(
 ) -> None:
     async with live_gateway(tmp_path) as gateway:
         async with aiohttp.ClientSession(base_url=gateway.http_url) as http:
-            async with http.post("/api/v1/orders", json=order(**fields)) as resp:
+            async with http.post("/api/v1/orders", json=order_body(**fields)) as resp:
                 assert resp.status == 201, await resp.text()
         events = await gateway.store.outbox_pending(100)
     snapshots = [e for e in events if e.type == "order.snapshot"]
@@ -165,7 +156,7 @@ def test_kiosk_and_sync_agree_on_every_synced_field(
     """Every kiosk-writable field that reaches a sync event: the kiosk accepts a value exactly
     when the sync contract does (and the gateway would store it as the cloud receives it)."""
     fields = {"customer_name": name, "customer_phone": phone, "machine_id": machine_id}
-    kiosk = kiosk_accepts(order(**fields, items=[{"id": item_id, "quantity": quantity}]))
+    kiosk = kiosk_accepts(order_body(**fields, items=[{"id": item_id, "quantity": quantity}]))
     line = snapshot()["items"][0] | {"catalog_item_id": item_id, "quantity": quantity}
     cloud = cloud_accepts(snapshot(**fields, items=[line]))
     assert kiosk == cloud
@@ -208,7 +199,7 @@ async def test_a_legacy_catalog_name_does_not_block_orders(tmp_path: Path) -> No
         pulled["machines"][0]["catalog"][0]["name"] = "Cola\nZero\u0000"
         await gateway.store.apply_state(StateResponse.model_validate(pulled))
         async with aiohttp.ClientSession(base_url=gateway.http_url) as http:
-            async with http.post("/api/v1/orders", json=order()) as resp:
+            async with http.post("/api/v1/orders", json=order_body()) as resp:
                 assert resp.status == 201, await resp.text()
                 item = (await resp.json())["data"]["items"][0]
         assert item["name"] == "Cola\ufffdZero\ufffd"

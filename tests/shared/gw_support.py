@@ -54,6 +54,17 @@ def gateway_settings(data_dir: Path, **overrides: Any) -> GatewaySettings:
     return GatewaySettings(**values)
 
 
+def order_body(**overrides: Any) -> dict[str, Any]:
+    """A kiosk order for one M1-A1, paid in cash; ``overrides`` replace its fields."""
+    body: dict[str, Any] = {
+        "machine_id": "M1",
+        "items": [{"id": "M1-A1", "quantity": 1}],
+        "payment_method": "cash",
+    }
+    body.update(overrides)
+    return body
+
+
 async def load_site(gateway: Gateway, creds: dict[str, MachineCreds]) -> None:
     await gateway.store.apply_state(
         StateResponse(
