@@ -51,6 +51,11 @@ TAKEOVER_TIMEOUT_S = 5.0
 # How long a new connection may take to send its CONNECT (amqtt waits forever, so idle sockets
 # could pile up without ever authenticating).
 CONNECT_TIMEOUT_S = 10.0
+# Topic filters one device session may hold (the firmware subscribes three). amqtt matches every
+# routed message against every filter of every session, and a persistent session keeps them:
+# unbounded, one machine's MQTT password could slow the whole site's broker for good.
+MAX_DEVICE_SUBSCRIPTIONS = 16
+SUBSCRIPTION_REFUSED = 0x80
 
 
 class UnsupportedAmqttVersion(BrokerStartError):
@@ -324,6 +329,26 @@ class HardenedBroker(Broker):
             client_id=client_session.client_id,
             client_session=client_session,
         )
+
+    # --- subscriptions -------------------------------------------------------------------------
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        topic_filter, _ = subscription
+        if not self._authority.is_gateway(session):
+            held = sum(
+                1
+                for held_filter, subscribers in self._subscriptions.items()
+                if held_filter != topic_filter
+                and any(s.client_id == session.client_id for s, _ in subscribers)
+            )
+            if held >= MAX_DEVICE_SUBSCRIPTIONS:
+                self._authority.refusal_log(
+                    ("subscriptions", session.client_id or ""), logging.WARNING,
+                    "refused %s subscribe on %r: it holds %d topic filters already",
+                    session.client_id, topic_filter, held,
+                )  # fmt: skip
+                return SUBSCRIPTION_REFUSED
+        return await super().add_subscription(subscription, session)
 
     # --- retained messages ---------------------------------------------------------------------
 
