@@ -175,10 +175,8 @@ class Gateway:
 
     async def health(self) -> dict[str, Any]:
         try:
-            store_ok = await self.store.ping()
-            backlog = await self.store.outbox_backlog()
-            devices = await self.store.device_counts()
-            dead = await self.store.dead_letter_count()
+            backlog, devices, dead = await self.store.health_counts()
+            store_ok = True
         except Exception:
             store_ok, backlog, devices, dead = False, -1, {"online": 0, "offline": 0}, 0
         link_ok = self._link is not None and self._link.connected

@@ -132,9 +132,12 @@ class GatewayStore:
         if outbox:
             self._outbox_event.set()
 
-    async def ping(self) -> bool:
-        row = await self._reader.run(lambda db: db.execute("SELECT 1").fetchone())
-        return bool(row and row[0] == 1)
+    async def health_counts(self) -> tuple[int, dict[str, int], int]:
+        """What ``/health`` reports, read in one trip to the reader thread: the outbox backlog,
+        active machines online and offline, and open dead letters."""
+        return await self._reader.run(
+            lambda db: (_outbox_backlog(db), _device_counts(db), dead_letters.open_count(db))
+        )
 
     # --- SyncStore -----------------------------------------------------------------------------
 
@@ -219,10 +222,7 @@ class GatewayStore:
         return moved
 
     async def outbox_backlog(self) -> int:
-        row = await self._reader.run(
-            lambda db: db.execute("SELECT COUNT(*) FROM outbox WHERE sent = 0").fetchone()
-        )
-        return int(row[0])
+        return await self._reader.run(_outbox_backlog)
 
     async def state_cursor(self) -> int:
         row = await self._reader.run(
@@ -329,15 +329,7 @@ class GatewayStore:
         )
 
     async def device_counts(self) -> dict[str, int]:
-        rows = await self._reader.run(
-            lambda db: db.execute(
-                "SELECT online, COUNT(*) FROM machines WHERE status = 'active' GROUP BY online"
-            ).fetchall()
-        )
-        counts = {"online": 0, "offline": 0}
-        for online, count in rows:
-            counts["online" if online else "offline"] += int(count)
-        return counts
+        return await self._reader.run(_device_counts)
 
     # --- orders --------------------------------------------------------------------------------
 
@@ -563,3 +555,17 @@ def _apply_state(db: Db, state: StateResponse) -> None:
         "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         [str(state.cursor)],
     )
+
+
+def _outbox_backlog(db: Db) -> int:
+    return int(db.execute("SELECT COUNT(*) FROM outbox WHERE sent = 0").fetchone()[0])
+
+
+def _device_counts(db: Db) -> dict[str, int]:
+    rows = db.execute(
+        "SELECT online, COUNT(*) FROM machines WHERE status = 'active' GROUP BY online"
+    ).fetchall()
+    counts = {"online": 0, "offline": 0}
+    for online, count in rows:
+        counts["online" if online else "offline"] += int(count)
+    return counts
