@@ -20,6 +20,7 @@ admin who created it) must not be able to lift the brake on the others: their su
 clear the e-mail's counts nor make an address trusted for any account but their own.
 """
 
+import ipaddress
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -33,6 +34,19 @@ from cloud.db import schema as t
 from cloud.db.times import as_utc, utcnow
 from cloud.errors import TooManyRequests
 from cloud.settings import CloudSettings
+
+
+def source(address: str) -> str:
+    """Who an address's failures count against: the address, or for IPv6 its /64, since one
+    client (a home line, a server) holds a whole /64 and could otherwise take fresh free tries
+    from each of its 2**64 addresses. The audit keeps the full address."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return address
 
 
 @dataclass(frozen=True)
@@ -88,8 +102,8 @@ class Throttle:
 
     def limits(self, email: str, address: str) -> list[Limit]:
         return [
-            Limit(f"pair:{address}:{email}", self.pair_free, self.pair_cap_s),
-            Limit(f"addr:{address}", self.address_free, self.address_cap_s),
+            Limit(f"pair:{source(address)}:{email}", self.pair_free, self.pair_cap_s),
+            Limit(f"addr:{source(address)}", self.address_free, self.address_cap_s),
             Limit(f"acct:{email}", self.account_free, self.account_cap_s),
         ]
 
@@ -174,9 +188,9 @@ class Throttle:
         others an address tried); many users behind one NAT logging in never lock it."""
         failures = t.login_throttle.c.failures
         for key, free in (
-            (f"pair:{address}:{email}", self.pair_free),
+            (f"pair:{source(address)}:{email}", self.pair_free),
             (f"acct:{email}", self.account_free),
-            (f"addr:{address}", self.address_free),
+            (f"addr:{source(address)}", self.address_free),
         ):
             await conn.execute(
                 t.login_throttle.update()
@@ -221,7 +235,9 @@ REFUSAL_LOG_EVERY = timedelta(seconds=60)
 
 async def record_refusal(conn: AsyncConnection, *, email: str, address: str) -> None:
     # The address's throttle row (there is one: a lock needs earlier failures) serializes
-    # concurrent refusals, so only one of a burst writes the row.
+    # concurrent refusals, so only one of a burst writes the row. The row names the source (an
+    # IPv6 client's /64), so a client cycling through its addresses writes no more rows.
+    address = source(address)
     await conn.execute(
         sa.select(t.login_throttle.c.key)
         .where(t.login_throttle.c.key == f"addr:{address}")

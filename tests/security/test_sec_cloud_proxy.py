@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sec_accounts_support import (  # noqa: F401
     ADDRESS_FREE,
+    PAIR_FREE,
     PASSWORD,
     THROTTLE,
     add_user,
@@ -81,3 +82,27 @@ async def test_a_malformed_forwarded_header_falls_back_to_the_proxy(tenant):
     assert await _login(tenant.admin, user["email"], "wrong", "not an address, 999.1.1.1") == 401
     assert await _login(tenant.admin, user["email"], "wrong", None) == 401
     assert await _addresses(tenant, user["email"]) == [PROXY, PROXY]
+
+
+async def test_an_ipv6_client_is_one_address_per_64(tenant):
+    """An IPv6 client holds a whole /64 (2**64 addresses): keyed per address, a sprayer and a
+    guesser got fresh free tries from each one. The throttle keys on the /64."""
+    victim = await add_user(tenant, "viewer")
+    statuses = [
+        await _login(tenant.admin, victim["email"], f"guess {n}", f"2001:db8:0:1::{n:x}")
+        for n in range(1, PAIR_FREE + 2)
+    ]
+    assert statuses == [401] * PAIR_FREE + [429]
+    statuses = [
+        await _login(tenant.admin, f"user{n}@example.com", "Winter2026!", f"2001:db8:0:2::{n:x}")
+        for n in range(1, ADDRESS_FREE + 2)
+    ]
+    assert statuses == [401] * ADDRESS_FREE + [429]
+    # Another /64 is another client. The audit keeps each attempt's full address, and names
+    # the /64 on the (once a minute) refusal rows.
+    assert await _login(tenant.admin, victim["email"], PASSWORD, "2001:db8:0:3::1") == 200
+    assert (await _addresses(tenant, victim["email"]))[:3] == [
+        "2001:db8:0:3::1",
+        "2001:db8:0:1::/64",
+        "2001:db8:0:1::5",
+    ]
