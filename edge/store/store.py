@@ -18,7 +18,7 @@ from typing import Any
 import sqlite_utils
 from pydantic import ValidationError
 
-from contracts.device_messages import CashCredit, DispenseResult
+from contracts.device_messages import CashCredit
 from contracts.orders import DispenseOutcome, OrderStatus
 from contracts.sealing import KeyRing, SealingError
 from contracts.sync import (
@@ -399,12 +399,6 @@ class GatewayStore:
                         await asyncio.to_thread(
                             sequences.write_sidecar, self._sidecar, self._marks, sync=False
                         )
-        return outcome
-
-    async def record_device_result(self, machine_id: str, result: DispenseResult) -> ResultOutcome:
-        outcome = await self._writer.run(lambda db: ledger.device_result(db, machine_id, result))
-        if outcome.status in ("applied", "corrected"):
-            await self._notify([outcome.order_id])
         return outcome
 
     async def record_timeout(self, machine_id: str, cmd_id: str) -> ResultOutcome:
