@@ -16,7 +16,7 @@ from cloud.auth.permissions import Role, permissions_for
 from cloud.auth.tokens import Principal
 from cloud.context import CloudContext
 from cloud.db import schema as t
-from cloud.db.times import utcnow
+from cloud.db.times import as_utc, utcnow
 from cloud.errors import Forbidden, Unauthorized
 
 # What a user holding only a temporary password (admin reset) may call.
@@ -31,6 +31,7 @@ _CHECK = (
         t.users.c.active,
         t.users.c.token_version,
         t.users.c.must_change_password,
+        t.users.c.password_expires_at,
         t.user_sessions.c.revoked_at,
     )
     .select_from(t.user_sessions.join(t.users, t.users.c.id == t.user_sessions.c.user_id))
@@ -54,6 +55,9 @@ async def authenticate(request: web.Request, ctx: CloudContext) -> Principal:
         raise Unauthorized("user is disabled")
     if row.token_version != claims.token_version or row.tenant_id != claims.tenant_id:
         raise Unauthorized("access token revoked")
+    if temporary_password_expired(row):
+        # Its 24 h are the same inside a session opened with it as at login.
+        raise Unauthorized("the temporary password has expired")
     if row.must_change_password and request.path not in PASSWORD_CHANGE_PATHS:
         raise Forbidden("password change required", details={"password_change_required": True})
     role = Role(row.role)
@@ -64,6 +68,13 @@ async def authenticate(request: web.Request, ctx: CloudContext) -> Principal:
         permissions=frozenset(permissions_for(role)),
         session_id=claims.session_id,
     )
+
+
+def temporary_password_expired(user: sa.Row) -> bool:
+    """A user row (with ``must_change_password`` and ``password_expires_at``) whose admin-issued
+    temporary password is past its time."""
+    expires = user.password_expires_at
+    return bool(user.must_change_password) and expires is not None and as_utc(expires) <= utcnow()
 
 
 async def open_session(conn: AsyncConnection, user_id: str) -> str:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.auth.permissions import Role, permissions_for
-from cloud.auth.sessions import end_sessions, open_session
+from cloud.auth.sessions import end_sessions, open_session, temporary_password_expired
 from cloud.auth.throttle import Throttle, record_login, record_refusal
 from cloud.auth.tokens import new_opaque_token, token_digest
 from cloud.db import schema as t
@@ -243,6 +243,8 @@ async def refresh(call: Call) -> TokenPair:
                 raise Unauthorized("refresh token expired or revoked")
             if not user.active:
                 raise Unauthorized("user is disabled")
+            if temporary_password_expired(user):
+                raise Unauthorized("the temporary password has expired")
             pair, new_id = await _issue_pair(call, conn, user, family_id)
             # Conditional, so two concurrent uses of one token cannot both rotate it.
             rotated = await conn.execute(

@@ -1,9 +1,11 @@
-"""The cloud attacker against accounts: a stolen access token used to guess the account's
-password through change-password, and the password change that completes a takeover, must show
-in the tenant's login audit like login guesses do."""
+"""The cloud attacker against accounts (the real cloud on SQLite and PostgreSQL): guesses through
+change-password with a stolen token, another tenant's admin using a same-e-mail account of their
+own against the login throttle, e-mails that grow when lower-cased, logins in flight racing a
+password change or a disable, and a temporary password kept alive in its session."""
 
 # ruff: noqa: F811 - pytest fixtures are imported by name and then taken as parameters
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import jwt
 from sec_accounts_support import (  # noqa: F401
@@ -22,6 +24,8 @@ from sec_accounts_support import (  # noqa: F401
     settings,
     tenant,
 )
+
+from cloud.db import schema as t
 
 CHANGE = "/api/v1/auth/change-password"
 
@@ -226,3 +230,29 @@ async def test_a_stale_change_password_cannot_undo_the_owners_change(tenant):
     loser = "second's one" if replies[0].status == 200 else "first's one"
     assert (await login(tenant.admin, row["email"], winner)).status == 200
     assert (await login(tenant.admin, row["email"], loser)).status == 401
+
+
+async def test_a_temporary_password_expires_inside_its_session_too(tenant, cloud):
+    """A temporary password opens change-password for 24 h: a login after that is refused, but
+    a session opened with it before could be refreshed for 30 days and then still set a password
+    with the expired temporary one."""
+    row = await add_user(tenant, "admin")
+    reset = (await tenant.admin.call("POST", f"/api/v1/users/{row['id']}/password-reset")).data
+    tokens = (await login(tenant.admin, row["email"], reset["temporary_password"])).data
+    async with cloud.engine.begin() as conn:  # a day passes
+        await conn.execute(
+            t.users.update()
+            .where(t.users.c.id == row["id"])
+            .values(password_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    refreshed = await tenant.admin.call(
+        "POST", "/api/v1/auth/refresh", {"refresh_token": tokens["refresh_token"]}
+    )
+    assert refreshed.status == 401, refreshed.body
+    changed = await tenant.admin.as_user(tokens["access_token"]).call(
+        "POST",
+        CHANGE,
+        {"current_password": reset["temporary_password"], "new_password": "set too late"},
+    )
+    assert changed.status == 401, changed.body
+    assert (await login(tenant.admin, row["email"], "set too late")).status == 401
