@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 from cloud_fixtures import cloud_test_settings
+from gw_support import enrolled_gateway_settings
 from polling import wait_for
 
 from cloud.server import CloudServer
@@ -39,13 +40,10 @@ def cloud_settings(root: Path, *, http_port: int = 0, sync_port: int = 0) -> Clo
 
 
 def gateway_settings(root: Path, cloud_url: str, token: str) -> GatewaySettings:
-    return GatewaySettings(
-        data_dir=root / "gateway",
-        http_port=0,
-        mqtt_port=0,
-        zeroconf_enabled=False,
-        cloud_url=cloud_url,
-        enroll_token=token,
+    return enrolled_gateway_settings(
+        root,
+        cloud_url,
+        token,
         gateway_name="e2e-gateway",
         sync_pull_interval_s=1.0,
         sync_backoff_max_s=1.0,

@@ -16,12 +16,12 @@ import aiohttp
 import asyncpg
 import pytest
 from cloud_fixtures import cloud_test_settings, postgres_sqlalchemy_url, scratch_postgres
+from gw_support import enrolled_gateway_settings
 from polling import wait_for
 
 from cloud.server import CloudServer
 from cloud.settings import CloudSettings
 from edge.app import Gateway
-from edge.settings import GatewaySettings
 from provisioning.cloud_api import CloudApi
 
 ADMIN_EMAIL = "admin@secrets.example"
@@ -129,15 +129,8 @@ async def secrets_site(
             machine_id = result["machine"]["id"]
             token = await admin.enrollment_token(site["id"])
             gateway_dir = root / "gateway"
-            settings = GatewaySettings(
-                data_dir=gateway_dir,
-                http_port=0,
-                mqtt_port=0,
-                zeroconf_enabled=False,
-                cloud_url=cloud.api_url,
-                enroll_token=token,
-                sync_pull_interval_s=0.5,
-                sync_backoff_max_s=1.0,
+            settings = enrolled_gateway_settings(
+                root, cloud.api_url, token, sync_pull_interval_s=0.5, sync_backoff_max_s=1.0
             )
             async with Gateway(settings) as gateway:
 

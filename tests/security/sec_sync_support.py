@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from cloud_fixtures import cloud_test_settings, postgres_sqlalchemy_url, scratch_postgres
+from gw_support import enrolled_gateway_settings
 from polling import wait_for
 
 from cloud.server import CloudServer
@@ -137,13 +138,10 @@ class SyncedSite:
 
 
 def gateway_settings(root: Path, cloud_url: str, token: str) -> GatewaySettings:
-    return GatewaySettings(
-        data_dir=root / "gateway",
-        http_port=0,
-        mqtt_port=0,
-        zeroconf_enabled=False,
-        cloud_url=cloud_url,
-        enroll_token=token,
+    return enrolled_gateway_settings(
+        root,
+        cloud_url,
+        token,
         gateway_name="sync-sec-gateway",
         sync_pull_interval_s=0.5,
         sync_backoff_max_s=1.0,

@@ -54,6 +54,22 @@ def gateway_settings(data_dir: Path, **overrides: Any) -> GatewaySettings:
     return GatewaySettings(**values)
 
 
+def enrolled_gateway_settings(
+    root: Path, cloud_url: str, token: str, **overrides: Any
+) -> GatewaySettings:
+    """A gateway in ``root/gateway`` on ephemeral ports that enrols with the cloud at
+    ``cloud_url`` using ``token``."""
+    values: dict[str, Any] = {
+        "data_dir": root / "gateway",
+        "http_port": 0,
+        "mqtt_port": 0,
+        "zeroconf_enabled": False,
+        "cloud_url": cloud_url,
+        "enroll_token": token,
+    }
+    return GatewaySettings(**(values | overrides))
+
+
 def order_body(**overrides: Any) -> dict[str, Any]:
     """A kiosk order for one M1-A1, paid in cash; ``overrides`` replace its fields."""
     body: dict[str, Any] = {
