@@ -15,7 +15,8 @@ class GatewayMetrics:
         self.mqtt_rejected = Counter(
             "gateway_mqtt_rejected",
             "Device messages dropped: malformed, oversized, unexpected topic, handler error,"
-            " log_rate (device log lines over the per-machine budget)",
+            " log_rate (device log lines over the per-machine budget), qos2 (a QoS 2 publish:"
+            " the connection is closed)",
             ["reason"],
             registry=self.registry,
         )

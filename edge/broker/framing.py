@@ -5,6 +5,10 @@ amqtt reads a packet's remaining length and then buffers whatever that length sa
 compares the remaining length with the connection's limit and, when it is over, aborts the TCP
 connection at once: the body is never read into memory. Under the limit it reads the whole
 packet and hands its bytes to amqtt's parser exactly as the socket would have.
+
+It also closes a connection at the fixed header of a QoS 2 PUBLISH: nothing in our protocol
+uses QoS 2, and amqtt 0.12.1 keeps every unreleased one (and a task waiting for its PUBREL,
+with no timeout) in memory, past the end of the connection.
 """
 
 import asyncio
@@ -17,6 +21,9 @@ log = logging.getLogger(__name__)
 
 # A remaining length is at most four bytes of seven bits each (MQTT 3.1.1, 2.2.3).
 _MAX_LENGTH_BYTES = 4
+_PUBLISH = 3
+_QOS_BITS = 0x06
+_QOS_1 = 0x02
 
 
 class PacketLimitReader(ReaderAdapter):
@@ -29,11 +36,13 @@ class PacketLimitReader(ReaderAdapter):
         writer: asyncio.StreamWriter,
         limit: int,
         on_oversize: Callable[[int], None],
+        on_qos2: Callable[[], None] = lambda: None,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self.limit = limit
         self._on_oversize = on_oversize
+        self._on_qos2 = on_qos2
         self._ready = bytearray()  # whole packets read off the socket, not yet taken by amqtt
         # A fixed header half read survives a cancelled read (amqtt wraps header reads in a
         # keep-alive timeout), so the framing never slips.
@@ -71,6 +80,13 @@ class PacketLimitReader(ReaderAdapter):
             if len(self._header) > _MAX_LENGTH_BYTES:
                 self._refuse(None)
                 raise asyncio.IncompleteReadError(b"", wanted)
+        if self._header[0] >> 4 == _PUBLISH and self._header[0] & _QOS_BITS > _QOS_1:
+            self._refused = True
+            log.warning("closed MQTT connection from %s: QoS 2 publish",
+                        self._writer.get_extra_info("peername"))  # fmt: skip
+            self._on_qos2()
+            self._writer.transport.abort()
+            raise asyncio.IncompleteReadError(b"", wanted)
         remaining = 0
         for shift, byte in enumerate(self._header[1:]):
             remaining |= (byte & 0x7F) << (7 * shift)

@@ -104,11 +104,16 @@ class HardenedBroker(Broker):
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
-        limited = PacketLimitReader(reader, writer, self._limits.device_bytes, self._oversized)
+        limited = PacketLimitReader(
+            reader, writer, self._limits.device_bytes, self._oversized, self._qos2
+        )
         await self._client_connected(listener_name, limited, StreamWriterAdapter(writer))
 
     def _oversized(self, size: int) -> None:
         self._metrics.mqtt_oversized_packets.inc()
+
+    def _qos2(self) -> None:
+        self._metrics.mqtt_rejected.labels(reason="qos2").inc()
 
     # --- connect -------------------------------------------------------------------------------
 
