@@ -187,10 +187,11 @@ class Throttle:
         about guesses at the others (nor does one account guessed right say anything about the
         others an address tried); many users behind one NAT logging in never lock it."""
         failures = t.login_throttle.c.failures
+        # In key order, as ``reserve`` locks them, so the two cannot deadlock.
         for key, free in (
-            (f"pair:{source(address)}:{email}", self.pair_free),
             (f"acct:{email}", self.account_free),
             (f"addr:{source(address)}", self.address_free),
+            (f"pair:{source(address)}:{email}", self.pair_free),
         ):
             await conn.execute(
                 t.login_throttle.update()

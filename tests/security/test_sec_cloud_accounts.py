@@ -256,3 +256,21 @@ async def test_a_temporary_password_expires_inside_its_session_too(tenant, cloud
     )
     assert changed.status == 401, changed.body
     assert (await login(tenant.admin, row["email"], "set too late")).status == 401
+
+
+async def test_a_burst_of_right_and_wrong_passwords_for_one_account_is_never_a_500(
+    tenant, from_address
+):
+    """A success takes back its count on the throttle rows while other attempts of the same
+    account and address reserve theirs: the two locked the rows in different orders, and on
+    PostgreSQL a burst of right and wrong passwords (the user's script next to a guesser)
+    deadlocked into 500s."""
+    for n in range(3):
+        row = await add_user(tenant, "viewer")
+        client = from_address(f"127.0.7.{n + 1}")
+        replies = await asyncio.gather(
+            *(login(client, row["email"], PASSWORD if i % 2 else "wrong") for i in range(16))
+        )
+        assert {r.status for r in replies} <= {200, 401, 429}, [
+            r.body for r in replies if r.status >= 500
+        ][:1]
