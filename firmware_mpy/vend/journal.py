@@ -37,7 +37,7 @@ class JournalError(Exception):
 
 
 class Journal:
-    def __init__(self, path="journal.json", keep=64, keep_results=8):
+    def __init__(self, path="journal.json", keep=64, keep_results=5):
         self.path = path
         self._tmp = path + ".tmp"
         self.keep = keep
