@@ -63,6 +63,33 @@ class MachineBusy(OrderConflict):
     A subclass of ``OrderConflict`` so every edge already answers it with 409."""
 
 
+class OrderTokenError(OrderError):
+    """Cancelling or superseding an order needs the secret ``order_token`` its creation
+    returned (answered with 403)."""
+
+
+class OrderTokenRequired(OrderTokenError):
+    """The request carries no order token."""
+
+
+class OrderTokenInvalid(OrderTokenError):
+    """The request's order token is not this order's."""
+
+
+class OrderTooLarge(OrderError):
+    """The order alone holds more units than one client may reserve: no wait would help."""
+
+
+class ClientLimitExceeded(OrderError):
+    """One kiosk API client (peer address) is over a limit: open orders, reserved units or
+    order creations per minute. Answered with 429 and ``Retry-After``."""
+
+    def __init__(self, reason: str, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after_s = max(int(retry_after_s), 1)
+
+
 class IdempotencyConflict(OrderError):
     """The Idempotency-Key was used before with a different request body."""
 

@@ -51,6 +51,15 @@ class GatewayMetrics:
             ["reason"],
             registry=self.registry,
         )
+        # The kiosk API's order capability and per-client limits (edge.http.guard).
+        self.kiosk_refused = Counter(
+            "gateway_kiosk_refused",
+            "Kiosk API requests refused: rate, open_orders, reserved_units, order_too_large"
+            " (per-client limits, 429/409), machine_busy (another customer's cash order),"
+            " order_token_required, order_token_invalid (cancel without the order's token)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.orders_created = Counter(
             "gateway_orders_created", "Orders created", ["payment_method"], registry=self.registry
         )

@@ -60,6 +60,15 @@ class GatewaySettings(BaseSettings):
     order_payment_timeout_s: float = Field(default=300.0, gt=0)
     engine_tick_s: float = Field(default=1.0, gt=0)  # how often housekeeping (expiry) runs
 
+    # Per kiosk API client (its peer address; an IPv6 client counts as its /64): how many unpaid
+    # orders it may hold, how many units they may reserve together, and how many orders it may
+    # create per minute. One kiosk screen holds one open order at a time, so a real kiosk never
+    # meets them; they stop one LAN host from holding a machine's whole stock or flooding the
+    # cloud with sandbox payments.
+    kiosk_max_open_orders_per_client: int = Field(default=2, gt=0)
+    kiosk_max_reserved_units_per_client: int = Field(default=10, gt=0)
+    kiosk_orders_per_minute_per_client: int = Field(default=30, gt=0)
+
     zeroconf_enabled: bool = True
 
     # Master keys sealing command keys and customer phone numbers in the database

@@ -4,7 +4,8 @@ from aiohttp import web
 
 from edge.http import routes
 from edge.http.envelope import error_middleware
-from edge.http.keys import ENGINE, HEALTH, METRICS, SETTINGS, STORE, HealthProbe
+from edge.http.guard import CreationRate
+from edge.http.keys import CREATION_RATE, ENGINE, HEALTH, METRICS, SETTINGS, STORE, HealthProbe
 from edge.metrics import GatewayMetrics
 from edge.settings import GatewaySettings
 from edge.store import GatewayStore
@@ -29,5 +30,6 @@ def create_app(
     app[ENGINE] = engine
     app[METRICS] = metrics
     app[HEALTH] = health
+    app[CREATION_RATE] = CreationRate(settings.kiosk_orders_per_minute_per_client)
     routes.setup(app)
     return app

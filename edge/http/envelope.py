@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from contracts.text import is_printable
 from edge.errors import (
     CatalogItemNotFound,
+    ClientLimitExceeded,
     GatewayError,
     IdempotencyConflict,
     InsufficientStock,
@@ -21,6 +22,9 @@ from edge.errors import (
     MachineNotFound,
     OrderConflict,
     OrderNotFound,
+    OrderTokenInvalid,
+    OrderTokenRequired,
+    OrderTooLarge,
     PaymentUnavailable,
     StoreError,
 )
@@ -36,9 +40,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(Exception):
     """An HTTP error answered with the envelope."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.headers = headers or {}
 
 
 def path_param(request: web.Request, name: str) -> str:
@@ -93,6 +105,20 @@ def _translate(exc: BaseException) -> ApiError:
             return ApiError(
                 409, "idempotency_conflict", "Idempotency-Key was used with a different request"
             )
+        case ClientLimitExceeded():
+            return ApiError(
+                429,
+                "too_many_orders",
+                str(exc),
+                {"limit": exc.reason, "retry_after_s": exc.retry_after_s},
+                {"Retry-After": str(exc.retry_after_s)},
+            )
+        case OrderTokenRequired():
+            return ApiError(403, "order_token_required", "this needs the order's X-Order-Token")
+        case OrderTokenInvalid():
+            return ApiError(403, "order_token_invalid", "X-Order-Token is not this order's")
+        case OrderTooLarge():
+            return ApiError(409, "order_too_large", str(exc))
         case MachineBusy():
             return ApiError(409, "machine_busy", str(exc))
         case OrderConflict():
@@ -129,6 +155,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if error.status >= 500:
             log.error("request %s failed: %r", request_id, exc, exc_info=error.status == 500)
         response = _envelope(request_id, error)
+        response.headers.update(error.headers)
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
     return response

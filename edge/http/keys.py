@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edge.http.guard import CreationRate
 from edge.metrics import GatewayMetrics
 from edge.settings import GatewaySettings
 from edge.store import GatewayStore
@@ -20,3 +21,5 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 HEALTH: web.AppKey[HealthProbe] = web.AppKey("health")
 # Open order-event streams, ended at shutdown rather than waited for.
 STREAMS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("streams")
+# Order creations per client in the last minute (edge.http.guard).
+CREATION_RATE = web.AppKey("creation_rate", CreationRate)

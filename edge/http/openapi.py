@@ -10,12 +10,16 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from contracts import openapi as oa
+from edge.http.guard import ORDER_TOKEN_HEADER, ORDER_TOKEN_PATTERN
 from edge.http.schemas import IDEMPOTENCY_KEY_PATTERN
 
 SUMMARY = (
     "The gateway's kiosk API: this site's machines and catalogs, orders (create with an "
     "Idempotency-Key, read, follow as Server-Sent Events, cancel), the kiosk page's payment QR "
-    "code, /health and /metrics. It is served on the site network without authentication."
+    "code, /health and /metrics. It is served on the site network without authentication: "
+    "cancelling an order, or replacing an unpaid cash order, needs the secret order_token its "
+    "creation returned (X-Order-Token), and each client address may hold a few unpaid orders "
+    "and create a bounded number per minute (429 with Retry-After beyond)."
 )
 VERSION = "1.0.0"
 
@@ -39,6 +43,9 @@ class KioskRoute:
     statuses: tuple[int, ...] = (200,)
     errors: tuple[int, ...] = ()
     idempotency_key: bool = False
+    # X-Order-Token: "require" (cancel) or "replace" (create: lets a cash order replace the
+    # unpaid cash order of that token on the same machine).
+    order_token: str | None = None
 
 
 IDEMPOTENCY_KEY_HEADER: dict[str, Any] = {
@@ -54,6 +61,27 @@ IDEMPOTENCY_KEY_HEADER: dict[str, Any] = {
 }
 
 
+def order_token_header(required: bool) -> dict[str, Any]:
+    if required:
+        description = (
+            "The order_token the order's creation returned. Without it the answer is 403 "
+            "order_token_required, with another token 403 order_token_invalid."
+        )
+    else:
+        description = (
+            "The order_token of this client's own unpaid cash order on the same machine: the "
+            "new cash order replaces (cancels) it. Without the token, while another unpaid "
+            "cash order is open on the machine, the answer is 409 machine_busy."
+        )
+    return {
+        "name": ORDER_TOKEN_HEADER,
+        "in": "header",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string", "pattern": ORDER_TOKEN_PATTERN},
+    }
+
+
 def build_kiosk_openapi(routes: list[KioskRoute]) -> dict[str, Any]:
     refs, schemas = oa.route_schemas(routes)
 
@@ -67,6 +95,8 @@ def build_kiosk_openapi(routes: list[KioskRoute]) -> dict[str, Any]:
         params = oa.path_parameters(route.path, printable=True)
         if route.idempotency_key:
             params.append(IDEMPOTENCY_KEY_HEADER)
+        if route.order_token is not None:
+            params.append(order_token_header(route.order_token == "require"))
         if params:
             op["parameters"] = params
         if route.body is not None:

@@ -12,16 +12,31 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from contracts.orders import TERMINAL_ORDER_STATUSES
+from edge.errors import (
+    ClientLimitExceeded,
+    MachineBusy,
+    OrderTokenInvalid,
+    OrderTokenRequired,
+    OrderTooLarge,
+)
 from edge.http import keys, kiosk_page
 from edge.http.envelope import ApiError, ok, path_param
+from edge.http.guard import client_key, new_order_token, presented_token_hash
 from edge.http.openapi import KioskRoute, build_kiosk_openapi
 from edge.http.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
+    CreatedOrder,
     CreateOrderRequest,
     HealthReport,
     PublicOrder,
 )
-from edge.store.views import CatalogItemView, MachineView, OrderView
+from edge.store.views import (
+    CatalogItemView,
+    ClientLimits,
+    MachineView,
+    OrderCapability,
+    OrderView,
+)
 
 API = "/api/v1"
 SSE_KEEPALIVE_S = 15.0
@@ -59,7 +74,34 @@ def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _count_refusal(request: web.Request, exc: Exception) -> None:
+    match exc:
+        case ClientLimitExceeded():
+            reason = exc.reason
+        case OrderTooLarge():
+            reason = "order_too_large"
+        case MachineBusy():
+            reason = "machine_busy"
+        case OrderTokenRequired():
+            reason = "order_token_required"
+        case OrderTokenInvalid():
+            reason = "order_token_invalid"
+        case _:
+            return
+    request.app[keys.METRICS].kiosk_refused.labels(reason=reason).inc()
+
+
 async def create_order(request: web.Request) -> web.Response:
+    try:
+        return await _create_order(request)
+    except Exception as exc:
+        _count_refusal(request, exc)
+        raise
+
+
+async def _create_order(request: web.Request) -> web.Response:
+    client = client_key(request)
+    request.app[keys.CREATION_RATE].check(client)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise ApiError(
@@ -75,9 +117,24 @@ async def create_order(request: web.Request) -> web.Response:
             "request validation failed",
             exc.errors(include_url=False, include_context=False, include_input=False),
         ) from exc
+    settings = request.app[keys.SETTINGS]
+    token, token_hash = new_order_token()
+    capability = OrderCapability(
+        token_hash=token_hash,
+        presented_hash=presented_token_hash(request),
+        limits=ClientLimits(
+            client=client,
+            max_open_orders=settings.kiosk_max_open_orders_per_client,
+            max_reserved_units=settings.kiosk_max_reserved_units_per_client,
+            payment_timeout_s=settings.order_payment_timeout_s,
+        ),
+    )
     engine = request.app[keys.ENGINE]
-    order, created = await engine.create_order(parsed.to_new_order(), key, parsed.fingerprint())
-    return ok(_order_json(order), status=201 if created else 200)
+    order, created = await engine.create_order(
+        parsed.to_new_order(), key, parsed.fingerprint(), capability
+    )
+    data = _order_json(order) | {"order_token": token}
+    return ok(CreatedOrder.model_validate(data).model_dump(mode="json"), 201 if created else 200)
 
 
 async def get_order(request: web.Request) -> web.Response:
@@ -86,7 +143,14 @@ async def get_order(request: web.Request) -> web.Response:
 
 
 async def cancel_order(request: web.Request) -> web.Response:
-    order = await request.app[keys.ENGINE].cancel(path_param(request, "order_id"))
+    order_id = path_param(request, "order_id")
+    try:
+        order = await request.app[keys.ENGINE].cancel_with_token(
+            order_id, presented_token_hash(request)
+        )
+    except Exception as exc:
+        _count_refusal(request, exc)
+        raise
     return ok(_order_json(order))
 
 
@@ -165,12 +229,16 @@ ROUTES: list[KioskRoute] = [
                "A machine's catalog: slot, name, price, quantity available, category, image",
                _SITE, response=CatalogItemView, many=True, errors=(503,)),
     KioskRoute("POST", f"{API}/orders", create_order,
-               "Create an order (201; 200 when an Idempotency-Key replays an earlier one)",
-               _ORDERS, body=CreateOrderRequest, response=PublicOrder, statuses=(201, 200),
+               "Create an order (201; 200 when an Idempotency-Key replays an earlier one). The "
+               "answer carries the order's secret order_token, needed to cancel it or to "
+               "replace it with a new cash order (X-Order-Token)",
+               _ORDERS, body=CreateOrderRequest, response=CreatedOrder, statuses=(201, 200),
                # 400 also for an item this machine does not sell (unknown_item); 404 unknown
-               # machine; 409 stock, machine busy, Idempotency-Key reuse; 413 body over 64 KiB;
-               # 503 no payment provider or store.
-               errors=(400, 404, 409, 413, 503), idempotency_key=True),
+               # machine; 409 stock, machine busy (another customer's cash order, or one being
+               # paid), order over the per-client units, Idempotency-Key reuse; 413 body over
+               # 64 KiB; 429 per-client limits; 503 no payment provider or store.
+               errors=(400, 404, 409, 413, 429, 503), idempotency_key=True,
+               order_token="replace"),
     KioskRoute("GET", f"{API}/orders/{{order_id}}", get_order, "An order and its items",
                _ORDERS, response=PublicOrder, errors=(503,)),
     KioskRoute("GET", f"{API}/orders/{{order_id}}/events", order_events,
@@ -178,8 +246,9 @@ ROUTES: list[KioskRoute] = [
                "every change, until the order is terminal", _ORDERS,
                media_type="text/event-stream", media_schema={"type": "string"}, errors=(503,)),
     KioskRoute("POST", f"{API}/orders/{{order_id}}/cancel", cancel_order,
-               "Cancel an order that is not yet paid", _ORDERS, response=PublicOrder,
-               errors=(409, 503)),
+               "Cancel an order that is not yet paid; needs the order's X-Order-Token (403 "
+               "order_token_required or order_token_invalid without it)", _ORDERS,
+               response=PublicOrder, errors=(403, 409, 503), order_token="require"),
     KioskRoute("GET", f"{API}/openapi.json", openapi, "This document", "meta",
                media_type="application/json", media_schema={"type": "object"}),
     KioskRoute("GET", "/health", health,

@@ -88,6 +88,21 @@ class PublicOrder(BaseModel):
     version: int
 
 
+class CreatedOrder(PublicOrder):
+    """The answer to a create: the order and its secret token, shown only here."""
+
+    order_token: Annotated[
+        str,
+        Field(
+            description="Secret capability of this order (256 random bits; the gateway keeps "
+            "only its hash): send it as X-Order-Token to cancel the order or to replace it with "
+            "a new cash order on the same machine. An Idempotency-Key replay answers a fresh "
+            "token, which replaces the earlier one.",
+            pattern=r"^[A-Za-z0-9_-]{43}$",
+        ),
+    ]
+
+
 class HealthReport(BaseModel):
     """``/health``: ``status`` is ``ok`` or ``degraded``; the parts' details follow."""
 

@@ -53,10 +53,21 @@ async function request(method, path, { body, headers = {} } = {}) {
 export const api = {
   machines: () => request("GET", "/machines"),
   catalog: (machineId) => request("GET", `/machines/${encodeURIComponent(machineId)}/catalog`),
-  createOrder: (body, idempotencyKey) =>
-    request("POST", "/orders", { body, headers: { "Idempotency-Key": idempotencyKey } }),
+  // replacesToken: the order_token of this kiosk's own unpaid cash order on the machine, which
+  // the new cash order then replaces (without it the gateway answers 409 machine_busy).
+  createOrder: (body, idempotencyKey, replacesToken) =>
+    request("POST", "/orders", {
+      body,
+      headers: {
+        "Idempotency-Key": idempotencyKey,
+        ...(replacesToken ? { "X-Order-Token": replacesToken } : {}),
+      },
+    }),
   order: (orderId) => request("GET", `/orders/${encodeURIComponent(orderId)}`),
-  cancelOrder: (orderId) => request("POST", `/orders/${encodeURIComponent(orderId)}/cancel`),
+  cancelOrder: (orderId, orderToken) =>
+    request("POST", `/orders/${encodeURIComponent(orderId)}/cancel`, {
+      headers: { "X-Order-Token": orderToken },
+    }),
   orderEventsUrl: (orderId) => `${API}/orders/${encodeURIComponent(orderId)}/events`,
   qrUrl: (orderId) => `/kiosk/orders/${encodeURIComponent(orderId)}/qr.svg`,
 };

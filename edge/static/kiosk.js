@@ -7,6 +7,9 @@ import { formatMoney } from "/static/money.js";
 import { TERMINAL, watchOrder } from "/static/order_watch.js";
 
 const CATALOG_REFRESH_MS = 15000;
+// The current order's secret token (cancel, and replacing it with a new cash order), kept for
+// this tab only: it survives a reload, so a reloaded kiosk can still start over at the machine.
+const ORDER_KEY = "kiosk.order";
 const IDLE_RETURN_MS = 90000; // back to the menu after a finished order nobody closes
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
@@ -20,6 +23,7 @@ const state = {
   attempt: null, // {key, bodyJson}: reused only when the same checkout is retried
   busy: false,
   order: null,
+  owned: loadOwned(), // {id, machineId, token} of the last order this kiosk created
   stopWatch: null,
   refreshTimer: null,
   idleTimer: null,
@@ -37,6 +41,28 @@ function el(tag, props = {}, ...children) {
   }
   node.append(...children.filter((c) => c !== null && c !== undefined));
   return node;
+}
+
+function loadOwned() {
+  try {
+    const owned = JSON.parse(sessionStorage.getItem(ORDER_KEY) || "null");
+    return owned && typeof owned.token === "string" ? owned : null;
+  } catch {
+    return null;
+  }
+}
+
+function remember(order, token) {
+  state.owned = { id: order.id, machineId: order.machine_id, token };
+  try {
+    sessionStorage.setItem(ORDER_KEY, JSON.stringify(state.owned));
+  } catch {
+    // Storage may be off (private mode): the token then lives as long as the page.
+  }
+}
+
+function tokenFor(orderId) {
+  return state.owned && state.owned.id === orderId ? state.owned.token : null;
 }
 
 function itemNames() {
@@ -292,8 +318,16 @@ async function checkout() {
   renderShop();
   hideNotice();
   try {
-    const order = await api.createOrder(body, state.attempt.key);
+    // A cash order replaces this kiosk's own unpaid cash order on the machine (e.g. one left
+    // open before a reload); the gateway ignores the token otherwise.
+    const owned = state.owned && state.owned.machineId === body.machine_id ? state.owned : null;
+    const { order_token: token, ...order } = await api.createOrder(
+      body,
+      state.attempt.key,
+      owned ? owned.token : null,
+    );
     state.attempt = null;
+    remember(order, token);
     startOrder(order);
   } catch (err) {
     const retryable = err instanceof NetworkError;
@@ -392,7 +426,7 @@ async function cancelOrder() {
   const button = $("cancel-order");
   button.disabled = true;
   try {
-    renderOrder(await api.cancelOrder(order.id));
+    renderOrder(await api.cancelOrder(order.id, tokenFor(order.id)));
     hideNotice();
   } catch (err) {
     showError(err, { retry: err instanceof NetworkError ? cancelOrder : null });

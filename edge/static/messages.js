@@ -84,6 +84,13 @@ export function errorMessage(err, names = new Map()) {
       return "One of the products is no longer sold here. The menu has been refreshed.";
     case "machine_busy":
       return "Someone is paying with cash at this machine right now. Please wait until they finish.";
+    case "too_many_orders":
+      return "This kiosk has too many unpaid orders right now. Pay for or cancel one, or try again in a few minutes.";
+    case "order_too_large":
+      return "That is more items than one order can hold. Please take fewer.";
+    case "order_token_required":
+    case "order_token_invalid":
+      return "This order was started on another screen and can only be cancelled there.";
     case "order_conflict":
       return `This order can no longer be changed: ${err.message}.`;
     case "store_unavailable":

@@ -5,7 +5,9 @@ writes its outbox events in that same transaction (the outbox pattern): the clou
 exactly the changes that were committed, never about one that was rolled back.
 """
 
+import hmac
 import json
+import math
 import time
 import uuid
 from datetime import UTC, datetime
@@ -32,17 +34,23 @@ from contracts.sync import (
 )
 from edge.errors import (
     CatalogItemNotFound,
+    ClientLimitExceeded,
     IdempotencyConflict,
     InsufficientStock,
     MachineBusy,
     MachineNotFound,
     OrderConflict,
     OrderNotFound,
+    OrderTokenInvalid,
+    OrderTokenRequired,
+    OrderTooLarge,
 )
 from edge.store import sealed
 from edge.store.views import (
+    ClientLimits,
     CreditOutcome,
     NewOrder,
+    OrderCapability,
     OrderView,
     PaymentView,
     PendingCommand,
@@ -174,10 +182,18 @@ def touch_order(db: Db, order_id: str, **changes: Any) -> OrderView:
 
 
 def create_order(
-    db: Db, order: NewOrder, idempotency_key: str | None, request_hash: str
+    db: Db,
+    order: NewOrder,
+    idempotency_key: str | None,
+    request_hash: str,
+    capability: OrderCapability | None = None,
 ) -> tuple[OrderView, bool, list[str]]:
     """The new order (or the one this idempotency key made before), whether it is new, and the
-    ids of the orders it superseded (cancelled in this same transaction)."""
+    ids of the orders it superseded (cancelled in this same transaction).
+
+    ``capability`` is a kiosk API client's: the order stores its token hash and client, may
+    supersede only an order of the presented token, and the client's limits apply. Without it
+    (the gateway itself, tests of the store) any unpaid cash order is superseded."""
     if idempotency_key is not None:
         seen = db.execute(
             "SELECT request_hash, order_id FROM idempotency_keys WHERE key = ?", [idempotency_key]
@@ -185,6 +201,13 @@ def create_order(
         if seen is not None:
             if seen["request_hash"] != request_hash:
                 raise IdempotencyConflict(idempotency_key)
+            if capability is not None:
+                # The replay's answer carries a fresh token (only hashes are kept, so the first
+                # one cannot be shown again); the Idempotency-Key is the client's secret.
+                db.execute(
+                    "UPDATE orders SET token_hash = ? WHERE id = ?",
+                    [capability.token_hash, seen["order_id"]],
+                )
             return _require_order(db, seen["order_id"]), False, []
     machine = db.execute(
         "SELECT id, currency FROM machines WHERE id = ? AND status = 'active'", [order.machine_id]
@@ -194,7 +217,12 @@ def create_order(
     superseded: list[str] = []
     if order.payment_method is PaymentMethod.CASH:
         # Before the stock check, so the replaced order's units are available to the new one.
-        superseded = _supersede_open_cash_order(db, order.machine_id)
+        superseded = _supersede_open_cash_order(
+            db, order.machine_id, capability.presented_hash if capability else None, capability
+        )
+    if capability is not None:
+        # After the supersede: the order it replaces no longer counts against the client.
+        _check_client_limits(db, capability.limits, sum(line.quantity for line in order.lines))
 
     order_id = str(uuid.uuid4())
     created = now_iso()
@@ -242,6 +270,8 @@ def create_order(
             "currency": machine["currency"],
             "customer_name": order.customer_name,
             "customer_phone": sealed.seal_phone(db, order_id, order.customer_phone),
+            "token_hash": capability.token_hash if capability else None,
+            "client": capability.limits.client if capability else None,
             "created_at": created,
             "updated_at": created,
             "version": 0,
@@ -266,21 +296,69 @@ def create_order(
     return touch_order(db, order_id, **changes), True, superseded
 
 
-def _supersede_open_cash_order(db: Db, machine_id: str) -> list[str]:
+def _supersede_open_cash_order(
+    db: Db, machine_id: str, presented_hash: str | None, capability: OrderCapability | None
+) -> list[str]:
     """A machine has at most one open cash order, because inserted cash cannot say which order
-    it is for. An open one nobody has paid into yet is abandoned (the customer at the machine
-    now is starting over): cancel it. One that holds cash belongs to a customer mid-payment:
-    refuse the new order instead."""
+    it is for. One that holds cash belongs to a customer mid-payment: refuse the new order. An
+    unpaid one is replaced only by whoever holds its token (the kiosk starting over): anyone
+    else on the LAN could otherwise cancel the customer's order and take the coins they insert
+    next. Without a capability (the gateway itself) an unpaid one is replaced."""
     rows = db.execute(
-        "SELECT id, paid_amount FROM orders WHERE machine_id = ? AND status = ? "
+        "SELECT id, paid_amount, token_hash FROM orders WHERE machine_id = ? AND status = ? "
         "AND payment_method = ? ORDER BY created_at, id",
         [machine_id, OrderStatus.AWAITING_PAYMENT.value, PaymentMethod.CASH.value],
     ).fetchall()
     if any(row["paid_amount"] > 0 for row in rows):
         raise MachineBusy(f"machine {machine_id} has a cash order being paid")
+    if capability is not None and not all(
+        _token_matches(row["token_hash"], presented_hash) for row in rows
+    ):
+        raise MachineBusy(f"machine {machine_id} has another customer's open cash order")
     for row in rows:
         cancel_order(db, row["id"], CANCEL_SUPERSEDED)
     return [row["id"] for row in rows]
+
+
+def _token_matches(stored: str | None, presented: str | None) -> bool:
+    return stored is not None and presented is not None and hmac.compare_digest(stored, presented)
+
+
+def _check_client_limits(db: Db, limits: ClientLimits, units: int) -> None:
+    """Refuse an order that would take the client past its open orders or reserved units."""
+    if units > limits.max_reserved_units:
+        raise OrderTooLarge(
+            f"an order may hold at most {limits.max_reserved_units} units; this one has {units}"
+        )
+    row = db.execute(
+        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM orders "
+        "WHERE client = ? AND status = ?",
+        [limits.client, OrderStatus.AWAITING_PAYMENT.value],
+    ).fetchone()
+    if row["n"] == 0:
+        return
+    reserved = db.execute(
+        "SELECT COALESCE(SUM(i.quantity), 0) FROM order_items i JOIN orders o "
+        "ON o.id = i.order_id WHERE o.client = ? AND o.status = ?",
+        [limits.client, OrderStatus.AWAITING_PAYMENT.value],
+    ).fetchone()[0]
+    # Waiting helps once the oldest open order has been paid, cancelled or has expired.
+    age = (datetime.now(UTC) - datetime.fromisoformat(row["oldest"])).total_seconds()
+    retry_after = math.ceil(max(limits.payment_timeout_s - age, 1.0))
+    if row["n"] >= limits.max_open_orders:
+        raise ClientLimitExceeded(
+            "open_orders",
+            f"this client already has {row['n']} unpaid orders (at most "
+            f"{limits.max_open_orders}): pay or cancel one first",
+            retry_after,
+        )
+    if reserved + units > limits.max_reserved_units:
+        raise ClientLimitExceeded(
+            "reserved_units",
+            f"this client's unpaid orders already hold {reserved} units (at most "
+            f"{limits.max_reserved_units} together): pay or cancel one first",
+            retry_after,
+        )
 
 
 def machine_credit(db: Db, machine_id: str, currency: str) -> int:
@@ -387,6 +465,18 @@ def cancel_order(db: Db, order_id: str, reason: str = CANCEL_REQUESTED) -> Order
     return touch_order(
         db, order_id, status=OrderStatus.CANCELLED.value, paid_amount=0, cancel_reason=reason
     )
+
+
+def cancel_order_with_token(db: Db, order_id: str, presented_hash: str | None) -> OrderView:
+    """A kiosk API cancel: only the holder of the order's token may cancel it (403 before the
+    order's state is looked at, so a token-less caller learns nothing more than a GET shows)."""
+    _require_order(db, order_id)
+    if presented_hash is None:
+        raise OrderTokenRequired(order_id)
+    row = db.execute("SELECT token_hash FROM orders WHERE id = ?", [order_id]).fetchone()
+    if not _token_matches(row["token_hash"], presented_hash):
+        raise OrderTokenInvalid(order_id)
+    return cancel_order(db, order_id, CANCEL_REQUESTED)
 
 
 def expire_orders(db: Db, cutoff: str) -> list[str]:

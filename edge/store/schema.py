@@ -135,3 +135,17 @@ def m005_sealed_secrets(db: sqlite_utils.Database) -> None:
     the rows written in plaintext before are sealed here with the active master key, which the
     store binds to the connection before it applies migrations."""
     sealed.reseal_all(db, retire=False)
+
+
+@migrations()
+def m006_order_capabilities(db: sqlite_utils.Database) -> None:
+    """Kiosk orders carry the hash of their secret order token (cancel and supersede need the
+    token) and the client address that created them (per-client limits on open orders). Orders
+    from before have neither: nobody can cancel or supersede them, and they expire."""
+    statements = [
+        "ALTER TABLE orders ADD COLUMN token_hash TEXT",
+        "ALTER TABLE orders ADD COLUMN client TEXT",
+        "CREATE INDEX orders_client ON orders(client, status)",
+    ]
+    for statement in statements:
+        db.execute(statement)

@@ -39,6 +39,7 @@ from edge.store.views import (
     CreditOutcome,
     MachineView,
     NewOrder,
+    OrderCapability,
     OrderView,
     PendingCommand,
     ResultOutcome,
@@ -334,10 +335,14 @@ class GatewayStore:
     # --- orders --------------------------------------------------------------------------------
 
     async def create_order(
-        self, order: NewOrder, idempotency_key: str | None, request_hash: str
+        self,
+        order: NewOrder,
+        idempotency_key: str | None,
+        request_hash: str,
+        capability: OrderCapability | None = None,
     ) -> tuple[OrderView, bool]:
         view, created, superseded = await self._writer.run(
-            lambda db: ledger.create_order(db, order, idempotency_key, request_hash)
+            lambda db: ledger.create_order(db, order, idempotency_key, request_hash, capability)
         )
         if created:
             await self._notify([*superseded, view.id])
@@ -356,6 +361,13 @@ class GatewayStore:
 
     async def cancel_order(self, order_id: str, reason: str = ledger.CANCEL_REQUESTED) -> OrderView:
         view = await self._writer.run(lambda db: ledger.cancel_order(db, order_id, reason))
+        await self._notify([view.id])
+        return view
+
+    async def cancel_order_with_token(self, order_id: str, presented_hash: str | None) -> OrderView:
+        view = await self._writer.run(
+            lambda db: ledger.cancel_order_with_token(db, order_id, presented_hash)
+        )
         await self._notify([view.id])
         return view
 

@@ -91,6 +91,28 @@ class NewOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """What one kiosk API client (``client``: its peer address) may hold open at once."""
+
+    client: str
+    max_open_orders: int
+    max_reserved_units: int
+    payment_timeout_s: float  # when its oldest open order expires: the Retry-After
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCapability:
+    """A kiosk API create: the hash of the secret token the new order gets (a replay with the
+    same Idempotency-Key gets it instead of the old one), the hash of the token the request
+    presented (``X-Order-Token``: it may supersede only an order of that token), and the
+    client's limits."""
+
+    token_hash: str
+    presented_hash: str | None
+    limits: ClientLimits
+
+
+@dataclass(frozen=True, slots=True)
 class PendingCommand:
     """A dispense command that is persisted (and therefore may be sent, and re-sent as is)."""
 

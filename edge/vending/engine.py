@@ -22,7 +22,7 @@ from edge.metrics import GatewayMetrics
 from edge.settings import GatewaySettings
 from edge.store import GatewayStore
 from edge.store.ledger import CANCEL_PAYMENT_UNAVAILABLE
-from edge.store.views import NewOrder, OrderView, PendingCommand
+from edge.store.views import NewOrder, OrderCapability, OrderView, PendingCommand
 from edge.sync.ports import PaymentsPort
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,15 @@ class VendEngine:
     # --- orders --------------------------------------------------------------------------------
 
     async def create_order(
-        self, order: NewOrder, idempotency_key: str | None, request_hash: str
+        self,
+        order: NewOrder,
+        idempotency_key: str | None,
+        request_hash: str,
+        capability: OrderCapability | None = None,
     ) -> tuple[OrderView, bool]:
-        view, created = await self._store.create_order(order, idempotency_key, request_hash)
+        view, created = await self._store.create_order(
+            order, idempotency_key, request_hash, capability
+        )
         if not created:
             return view, False
         self._metrics.orders_created.labels(payment_method=order.payment_method.value).inc()
@@ -85,6 +91,10 @@ class VendEngine:
 
     async def cancel(self, order_id: str) -> OrderView:
         return await self._store.cancel_order(order_id)
+
+    async def cancel_with_token(self, order_id: str, presented_hash: str | None) -> OrderView:
+        """A kiosk API cancel: allowed only with the order's token."""
+        return await self._store.cancel_order_with_token(order_id, presented_hash)
 
     # --- the loop ------------------------------------------------------------------------------
 

@@ -24,24 +24,33 @@ from edge.app import Gateway
 from provisioning.cloud_api import CloudApi
 
 
-async def _cash_order(gateway: Gateway, machine: Machine) -> str:
+async def _cash_order(
+    gateway: Gateway, machine: Machine, replaces: tuple[str, str] | None = None
+) -> tuple[str, str]:
+    """The new order's id and token; ``replaces``: the unpaid cash order (id, token) it
+    supersedes."""
     body = {
         "machine_id": machine.id,
         "items": [{"id": machine.catalog["A1"], "quantity": 1}],
         "payment_method": "cash",
     }
+    headers = {"X-Order-Token": replaces[1]} if replaces else {}
     async with (
         aiohttp.ClientSession(base_url=gateway.http_url) as http,
-        http.post("/api/v1/orders", json=body) as response,
+        http.post("/api/v1/orders", json=body, headers=headers) as response,
     ):
         assert response.status == 201, await response.text()
-        return str((await response.json())["data"]["id"])
+        data = (await response.json())["data"]
+        return str(data["id"]), str(data["order_token"])
 
 
-async def _cancel(gateway: Gateway, order_id: str) -> None:
+async def _cancel(gateway: Gateway, order: tuple[str, str]) -> None:
+    order_id, token = order
     async with (
         aiohttp.ClientSession(base_url=gateway.http_url) as http,
-        http.post(f"/api/v1/orders/{order_id}/cancel") as response,
+        http.post(
+            f"/api/v1/orders/{order_id}/cancel", headers={"X-Order-Token": token}
+        ) as response,
     ):
         assert response.status == 200, await response.text()
 
@@ -100,7 +109,12 @@ async def test_orders_after_a_database_restore_all_reach_the_cloud(tmp_path: Pat
                     ],
                 )
             )  # fmt: skip
-            new_orders = [await _cash_order(gateway, machine) for _ in range(3)]
+            new_orders: list[str] = []
+            last: tuple[str, str] | None = None
+            for _ in range(3):
+                # Each one supersedes the one before (one open cash order per machine).
+                last = await _cash_order(gateway, machine, last)
+                new_orders.append(last[0])
             assert await gateway.store.outbox_backlog() >= 3
 
             assert api_port is not None and sync_port is not None

@@ -12,9 +12,11 @@ from edge.app import Gateway
 
 
 async def post_order(
-    http: aiohttp.ClientSession, body: Any, key: str | None = None
+    http: aiohttp.ClientSession, body: Any, key: str | None = None, token: str | None = None
 ) -> tuple[int, dict[str, Any]]:
     headers = {"Idempotency-Key": key} if key else {}
+    if token:
+        headers["X-Order-Token"] = token
     async with http.post("/api/v1/orders", json=body, headers=headers) as response:
         return response.status, await response.json()
 
@@ -117,9 +119,12 @@ async def test_insufficient_stock_is_409(http: aiohttp.ClientSession, gateway: G
     status, first = await post_order(http, order_body(items=[{"id": "M1-A2", "quantity": 2}]))
     assert status == 201
     assert await gateway.store.stock("M1-A2") == (2, 2)
-    # One open cash order per machine: the unpaid first one is superseded and its units are
-    # available to the new one (reservations held by open orders: test_gw_store).
-    status, _ = await post_order(http, order_body(items=[{"id": "M1-A2", "quantity": 1}]))
+    # One open cash order per machine: the unpaid first one is superseded by its token's holder
+    # and its units are available to the new one (reservations held by open orders:
+    # test_gw_store; without the token: tests/security/test_sec_kiosk_orders.py).
+    status, _ = await post_order(
+        http, order_body(items=[{"id": "M1-A2", "quantity": 1}]), token=first["data"]["order_token"]
+    )
     assert status == 201
     assert await order_status(gateway, first["data"]["id"]) == "cancelled"
     assert await gateway.store.stock("M1-A2") == (2, 1)
@@ -132,9 +137,11 @@ async def test_idempotency_key_replays_the_same_order(http: aiohttp.ClientSessio
     order = first["data"]
     assert order["status"] == "awaiting_payment" and order["total_amount"] == 2000
     assert order["items"][0]["dispense_status"] == "pending"
-    assert "customer_phone" not in order
+    assert "customer_phone" not in order and "customer_name" not in order
     status, again = await post_order(http, body, key="kiosk-1-order-0001")
     assert status == 200 and again["data"]["id"] == order["id"]
+    # The replay answers a fresh token (only hashes are kept); the lost first one is retired.
+    assert again["data"]["order_token"] != order["order_token"]
     status, conflict = await post_order(
         http, order_body(items=[{"id": "M1-A1", "quantity": 2}]), key="kiosk-1-order-0001"
     )
@@ -152,14 +159,15 @@ async def test_cancel_releases_stock_and_only_once(
 ) -> None:
     _, created = await post_order(http, order_body(items=[{"id": "M1-A2", "quantity": 2}]))
     order_id = created["data"]["id"]
+    token = {"X-Order-Token": created["data"]["order_token"]}
     assert await gateway.store.stock("M1-A2") == (2, 2)
-    async with http.post(f"/api/v1/orders/{order_id}/cancel") as response:
+    async with http.post(f"/api/v1/orders/{order_id}/cancel", headers=token) as response:
         assert response.status == 200
         cancelled = (await response.json())["data"]
     assert cancelled["status"] == "cancelled"
     assert cancelled["items"][0]["dispense_status"] == "not_dispensed"
     assert await gateway.store.stock("M1-A2") == (2, 0)
-    async with http.post(f"/api/v1/orders/{order_id}/cancel") as response:
+    async with http.post(f"/api/v1/orders/{order_id}/cancel", headers=token) as response:
         assert response.status == 409
         assert_envelope(await response.json(), "order_conflict")
 

@@ -20,10 +20,14 @@ def device(gateway: Gateway, creds: MachineCreds, **kwargs: Any) -> DeviceDouble
     return DeviceDouble(creds.id, creds.secret, creds.command_key, gateway.mqtt_port, **kwargs)
 
 
-async def create_cash_order(gateway: Gateway, items: list[dict[str, Any]]) -> dict[str, Any]:
+async def create_cash_order(
+    gateway: Gateway, items: list[dict[str, Any]], token: str | None = None
+) -> dict[str, Any]:
+    """``token``: the order token of the unpaid cash order this one replaces."""
+    headers = {"X-Order-Token": token} if token else {}
     async with aiohttp.ClientSession(base_url=gateway.http_url) as http:
         body = {"machine_id": "M1", "items": items, "payment_method": "cash"}
-        async with http.post("/api/v1/orders", json=body) as response:
+        async with http.post("/api/v1/orders", json=body, headers=headers) as response:
             assert response.status == 201, await response.text()
             return (await response.json())["data"]  # type: ignore[no-any-return]
 
@@ -223,10 +227,13 @@ async def test_new_gateway_database_still_vends(
 
 
 async def test_coins_pay_the_current_cash_order(gateway: Gateway, m1: DeviceDouble) -> None:
-    """An abandoned unpaid cash order is superseded by the next one, which the coins then pay;
-    while a cash order holds coins, another cash order on the machine is refused (409)."""
+    """An abandoned unpaid cash order is superseded by the next one of its token's holder, which
+    the coins then pay; while a cash order holds coins, another cash order on the machine is
+    refused (409)."""
     abandoned = await create_cash_order(gateway, [{"id": "M1-A1", "quantity": 1}])
-    current = await create_cash_order(gateway, [{"id": "M1-A2", "quantity": 1}])
+    current = await create_cash_order(
+        gateway, [{"id": "M1-A2", "quantity": 1}], abandoned["order_token"]
+    )
     assert await order_status(gateway, abandoned["id"]) == "cancelled"
     await m1.insert_coin(1000)
     await wait_for(lambda: _paid(gateway, current["id"], 1000))
@@ -236,7 +243,8 @@ async def test_coins_pay_the_current_cash_order(gateway: Gateway, m1: DeviceDoub
             "items": [{"id": "M1-A1", "quantity": 1}],
             "payment_method": "cash",
         }
-        async with http.post("/api/v1/orders", json=body) as response:
+        headers = {"X-Order-Token": current["order_token"]}  # even its own token: coins are in
+        async with http.post("/api/v1/orders", json=body, headers=headers) as response:
             assert response.status == 409
             assert (await response.json())["error"]["code"] == "machine_busy"
     await m1.insert_coin(1500)  # 500 more than needed

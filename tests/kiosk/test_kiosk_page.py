@@ -214,11 +214,7 @@ async def test_upi_sandbox_qr_and_polling_when_the_stream_fails(
         await expect(page.get_by_test_id("connection")).to_contain_text("Live updates paused")
 
         # Cancelled elsewhere (the payment timed out, say): only polling can tell the page.
-        async with (
-            aiohttp.ClientSession(base_url=gw.http_url) as http,
-            http.post(f"/api/v1/orders/{order_id}/cancel") as response,
-        ):
-            assert response.status == 200, await response.text()
+        await gw.engine.cancel(order_id)
         await expect(status).to_have_attribute("data-status", "cancelled")
         await expect(page.get_by_test_id("order-message")).to_have_text(
             "Order cancelled. Nothing was charged."
@@ -272,4 +268,42 @@ async def test_checkout_retry_after_lost_answer_reuses_idempotency_key(
     assert len(keys) == 3 and keys[2] != keys[0]
     await page.get_by_test_id("cancel-order").click()
     await expect(page.get_by_test_id("order-status")).to_have_attribute("data-status", "cancelled")
+    assert errors == []
+
+
+async def test_reloaded_kiosk_starts_over_its_own_cash_order(
+    kiosk_gateway: Gateway, page: Page
+) -> None:
+    """The page keeps its order's token for the tab: after a reload its new cash order replaces
+    the unpaid one it left open; another client's cash order is refused meanwhile (409)."""
+    errors = watch_page_errors(page)
+    await page.goto(f"{kiosk_gateway.http_url}/kiosk?machine=M1")
+    await page.get_by_test_id("tile-M1-A1").click()
+    await page.get_by_test_id("pay-cash").click()
+    await page.get_by_test_id("checkout").click()
+    status = page.get_by_test_id("order-status")
+    await expect(status).to_have_attribute("data-status", "awaiting_payment")
+    first = (await kiosk_gateway.store.query("SELECT id FROM orders"))[0]["id"]
+
+    body = {"machine_id": "M1", "items": [{"id": "M1-A1", "quantity": 1}], "payment_method": "cash"}
+    async with (
+        aiohttp.ClientSession(base_url=kiosk_gateway.http_url) as http,
+        http.post("/api/v1/orders", json=body) as response,
+    ):
+        assert response.status == 409
+        assert (await response.json())["error"]["code"] == "machine_busy"
+    assert (await kiosk_gateway.store.get_order(first)).status.value == "awaiting_payment"
+
+    await page.reload()
+    await page.get_by_test_id("tile-M1-A2").click()
+    await page.get_by_test_id("pay-cash").click()
+    await page.get_by_test_id("checkout").click()
+    await expect(status).to_have_attribute("data-status", "awaiting_payment")
+    await expect(page.get_by_test_id("order-ref")).not_to_contain_text(first)
+    assert (await kiosk_gateway.store.get_order(first)).status.value == "cancelled"
+    rows = await kiosk_gateway.store.query("SELECT cancel_reason FROM orders WHERE id = ?", [first])
+    assert rows == [{"cancel_reason": "superseded"}]
+    # And its Cancel button still holds the new order's token.
+    await page.get_by_test_id("cancel-order").click()
+    await expect(status).to_have_attribute("data-status", "cancelled")
     assert errors == []

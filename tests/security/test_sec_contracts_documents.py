@@ -66,8 +66,14 @@ async def test_kiosk_serves_its_own_document(tmp_path: Path) -> None:
     assert documented == {(r.method, r.path) for r in ROUTES}
 
     create = paths["/api/v1/orders"]["post"]
-    assert {p["name"] for p in create["parameters"]} == {"Idempotency-Key"}
-    assert {"200", "201", "400", "404", "409", "413", "503"} <= set(create["responses"])
+    assert {p["name"] for p in create["parameters"]} == {"Idempotency-Key", "X-Order-Token"}
+    assert {"200", "201", "400", "404", "409", "413", "429", "503"} <= set(create["responses"])
+    assert "Retry-After" in create["responses"]["429"]["headers"]
+    cancel = paths["/api/v1/orders/{order_id}/cancel"]["post"]
+    token = next(p for p in cancel["parameters"] if p["name"] == "X-Order-Token")
+    assert token["required"] is True and "403" in cancel["responses"]
+    created = doc["components"]["schemas"]["CreatedOrder"]
+    assert "order_token" in created["required"]
     for status, response in create["responses"].items():
         if status.startswith("4") or status.startswith("5"):
             ref = response["content"]["application/json"]["schema"]["$ref"]
