@@ -48,6 +48,7 @@ class Health(_Msg):
     door_open: StrictBool = False
     rssi: StrictInt | None = None
     dropped: Annotated[StrictInt, Field(ge=0)] = 0  # telemetry messages dropped from the queue
+    acks_refused: Annotated[StrictInt, Field(ge=0)] = 0  # acks whose signature did not verify
     ts: StrictInt
 
 
@@ -86,7 +87,17 @@ class DeviceLog(_Msg):
     ts: StrictInt | None = None
 
 
-class Acks(_Msg):
-    """Gateway -> device on ``acks``: these event ids are persisted and need no resending."""
+MAX_ACK_IDS = 32  # keeps a signed ack of 64-char ids well inside the device's packet limit
 
-    ids: list[EventId]
+
+class Acks(BaseModel):
+    """Gateway -> device on ``acks``, the body of a signed envelope (``contracts.signing``):
+    these event ids of machine ``mid`` are persisted and need no resending. ``ts`` is the
+    gateway's clock at signing, for the record only: acking an id again is harmless, so a
+    replayed genuine ack needs no freshness check."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mid: Annotated[str, Field(min_length=1, max_length=64)]
+    ids: Annotated[list[EventId], Field(min_length=1, max_length=MAX_ACK_IDS)]
+    ts: StrictInt

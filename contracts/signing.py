@@ -4,7 +4,7 @@ Each machine has one secret, its ``command_key`` (hex, in the device's config.js
 gateway's database). Neither direction signs with it directly: each uses its own key derived
 from it, so a signature made for one direction is never valid in the other::
 
-    k_down = HMAC-SHA256(secret, b"vend/v1/gateway-to-device")   # dispense commands
+    k_down = HMAC-SHA256(secret, b"vend/v1/gateway-to-device")   # dispense commands, acks
     k_up   = HMAC-SHA256(secret, b"vend/v1/device-to-gateway")   # cash, dispense results, stock
 
 Both directions use the same envelope::
@@ -18,6 +18,12 @@ Commands (``commands/dispense``): the device accepts one only if the signature m
 is its own id, ``exp`` has not passed (when its clock is set), and ``ctr`` is greater than the
 last counter it accepted (persisted on flash). A ``cmd_id`` it has already journalled is never
 run again: the device re-sends the recorded result instead.
+
+Acks (``acks``): the body is ``contracts.device_messages.Acks`` (``mid``, ``ids``, ``ts``),
+signed with ``k_down`` like a command. The device drops a journalled money event only on an ack
+whose signature matches and whose ``mid`` is its own; an unsigned or forged one is refused and
+the events stay to be resent. There is no counter: an ack only names ids the gateway persisted,
+and acking one again is harmless, so a replayed genuine ack does no harm.
 
 Device messages that move money or stock (``events/cash``, ``events/dispense``,
 ``status/inventory``): the body carries the message's own fields plus ``mid`` (the machine id)
@@ -33,7 +39,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from contracts import topics
-from contracts.device_messages import EventId, SlotCode
+from contracts.device_messages import Acks, EventId, SlotCode
 
 SIGNATURE_VERSION = 1
 MAX_SEQ = 2**63 - 1
@@ -166,3 +172,29 @@ def verify_device_message(key: bytes, payload: bytes) -> tuple[SignedHeader, str
 
 # Device topics whose messages must arrive signed: everything that moves money or stock.
 SIGNED_DEVICE_SUFFIXES = (topics.CASH_CREDIT, topics.DISPENSE_RESULT, topics.INVENTORY)
+
+
+def sign_acks(key: bytes, machine_id: str, ids: list[str], ts: int) -> bytes:
+    """The exact ``acks`` payload naming ``ids`` of ``machine_id`` as persisted, signed with
+    ``key`` (a ``down_key``: the device already holds it to check commands)."""
+    body = Acks(mid=machine_id, ids=ids, ts=ts)
+    return _envelope(key, json.dumps(body.model_dump(), separators=(",", ":")))
+
+
+def verify_acks(key: bytes, payload: bytes) -> Acks:
+    """Host-side mirror of the firmware's check of an ack (``key`` is a ``down_key``); whether
+    ``mid`` is the receiving machine is the caller's business. Used by tests and tools."""
+    envelope = open_envelope(key, payload)
+    try:
+        return Acks.model_validate_json(envelope.body)
+    except ValueError as exc:
+        raise MalformedBody("malformed acks body") from exc
+
+
+def read_acks(payload: bytes) -> Acks:
+    """The body of an ack WITHOUT checking its signature: for observers (tests watching what
+    the gateway acked), never for deciding anything."""
+    try:
+        return Acks.model_validate_json(SignedEnvelope.model_validate_json(payload).body)
+    except ValueError as exc:
+        raise MalformedEnvelope("not a signed ack") from exc

@@ -1,7 +1,9 @@
 """``DeviceLink``: the gateway's own MQTT client.
 
 It receives what devices publish, validates it against ``contracts.device_messages``, persists
-money events through the store and only then acknowledges them to the device. Nothing a device
+money events through the store and only then acknowledges them to the device, with an ack the
+store signed with the machine's gateway-to-device key (the device forgets a money event on
+nothing less). Nothing a device
 sends can crash or stall the receive loop: every bad message is logged, counted and dropped.
 It also publishes signed dispense commands (QoS 1).
 
@@ -22,7 +24,7 @@ from amqtt.mqtt.constants import QOS_1
 from pydantic import ValidationError
 
 from contracts import topics
-from contracts.device_messages import Acks, DeviceLog, DispenseResult, Health, Presence
+from contracts.device_messages import DeviceLog, DispenseResult, Health, Presence
 from contracts.signing import SIGNED_DEVICE_SUFFIXES
 from contracts.text import clean_device_text
 from edge.backoff import Backoff
@@ -211,8 +213,8 @@ class DeviceLink:
                 self._metrics.dispense_results.labels(result=message.result.value).inc()
         # Persisted (or known already): the device may forget it. An unknown command is acked
         # too, so a device does not resend it forever.
-        if outcome.ack_id is not None:
-            await self.ack(machine_id, [outcome.ack_id])
+        if outcome.ack is not None:
+            await self.ack(machine_id, outcome.ack)
 
     async def _handle(self, topic_name: str, payload: bytes) -> None:
         parts = topics.split(topic_name)
@@ -257,9 +259,9 @@ class DeviceLink:
         self._log_budget[machine_id] = (tokens - 1.0 if allowed else tokens, now)
         return allowed
 
-    async def ack(self, machine_id: str, ids: list[str]) -> None:
-        body = Acks(ids=ids).model_dump_json().encode()
-        await self.publish(topics.topic(machine_id, topics.ACKS), body)
+    async def ack(self, machine_id: str, signed_ack: bytes) -> None:
+        """Publish an ack the store signed (``contracts.signing.sign_acks``) for ``machine_id``."""
+        await self.publish(topics.topic(machine_id, topics.ACKS), signed_ack)
 
     async def publish(self, topic_name: str, payload: bytes, *, retain: bool = False) -> None:
         client = self._client

@@ -1,11 +1,13 @@
 """A signed device message (cash credit, dispense result, inventory count), checked and applied
 in one writer transaction: key of the machine, signature over the exact body bytes, the body's
 ``mid`` against the topic's machine, freshness of ``seq`` (``edge.store.sequences``), and only
-then the ledger. A refused message changes nothing.
+then the ledger. A refused message changes nothing. An accepted money event comes back with
+its ack already signed with the machine's ``k_down`` (the key never leaves the store).
 """
 
 import hashlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Literal, cast
 
 import sqlite_utils
@@ -17,7 +19,9 @@ from contracts.signing import (
     BadSignature,
     MalformedBody,
     MalformedEnvelope,
+    down_key,
     key_id,
+    sign_acks,
     up_key,
     verify_device_message,
 )
@@ -52,6 +56,7 @@ class DeviceOutcome:
     message: CashCredit | DispenseResult | Inventory | None = None
     order_id: str | None = None
     mark: tuple[tuple[str, str], int] | None = None  # accepted (machine, key id) and seq
+    ack: bytes | None = None  # the signed ``acks`` payload naming ack_id, for the device
 
 
 def _refused(reason: str) -> DeviceOutcome:
@@ -90,7 +95,17 @@ def apply(
     ).fetchone()
     if machine is None:
         return _refused(UNKNOWN_MACHINE)
-    key = up_key(sealed.open_command_key(db, machine_id, machine["command_key"]))
+    secret = sealed.open_command_key(db, machine_id, machine["command_key"])
+    outcome = _apply(db, machine_id, up_key(secret), suffix, payload, known)
+    if outcome.ack_id is None:
+        return outcome
+    ack = sign_acks(down_key(secret), machine_id, [outcome.ack_id], int(time.time()))
+    return replace(outcome, ack=ack)
+
+
+def _apply(
+    db: Db, machine_id: str, key: bytes, suffix: str, payload: bytes, known: sequences.Marks
+) -> DeviceOutcome:
     try:
         header, body = verify_device_message(key, payload)
     except MalformedEnvelope:

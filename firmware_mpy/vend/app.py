@@ -3,13 +3,12 @@
 import asyncio
 import binascii
 import gc
-import json
 import os
 import random
 import sys
 from time import ticks_diff, ticks_ms
 
-from vend import VERSION, config, hal, reports
+from vend import VERSION, commands, config, hal, reports
 from vend.clock import Clock
 from vend.dispenser import Dispenser
 from vend.journal import CASH, DISPENSE, Journal, JournalError
@@ -35,6 +34,7 @@ class Device:
         self.commands = []
         self.commands_ready = asyncio.Event()
         self.events_due = asyncio.Event()  # resend un-acked money events now
+        self.acks_refused = 0  # acks whose signature or machine id did not verify
         self.up = asyncio.Event()
         self.lost = asyncio.Event()
         self.client = None
@@ -58,6 +58,7 @@ class Device:
                 self.hal.door_open(),
                 self.hal.rssi(),
                 self.telemetry.dropped,
+                self.acks_refused,
                 self.clock.ts(),
             ),
         )
@@ -119,12 +120,15 @@ class Device:
             self.log("info", "ignored message on " + suffix)
 
     def _on_acks(self, msg):
+        # Only the gateway's signature (k_down) may make the device forget a money event: the
+        # broker's ACL says nothing about who wrote the bytes on a plain-text LAN.
         try:
-            ids = json.loads(msg)["ids"]
+            ids = commands.open_signed(msg, self.cfg["down_key"], self.mid).get("ids")
             if not isinstance(ids, list):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            self.log("warning", "malformed acks message")
+                raise commands.Refused("malformed_body")
+        except commands.Refused as exc:
+            self.acks_refused += 1
+            self.log("warning", "refused acks: %s (%d so far)" % (exc.args[0], self.acks_refused))
             return
         try:
             n = self.journal.ack(ids)

@@ -1,6 +1,6 @@
-# Verifying a signed dispense command (contracts/signing.py on the host side), in this order:
-# JSON envelope, version, HMAC over the body bytes exactly as received, body fields, machine id.
-# Counter, expiry and the journal are the dispenser's business.
+# Verifying what the gateway signs with k_down (contracts/signing.py on the host side): dispense
+# commands and acks, in this order: JSON envelope, version, HMAC over the body bytes exactly as
+# received, machine id, body fields. Counter, expiry and the journal are the dispenser's business.
 import json
 
 from vend import hmac
@@ -27,8 +27,10 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def verify(payload, key, machine_id):
-    """-> the command body as a dict, or raise Refused(reason)."""
+def open_signed(payload, key, machine_id):
+    """-> the body (a dict) of what the gateway signed for this machine, or raise Refused(reason).
+    Acks need nothing more: no counter, since an ack names only ids the gateway persisted and a
+    replayed genuine one is harmless."""
     try:
         env = json.loads(payload)
     except ValueError:
@@ -49,9 +51,16 @@ def verify(payload, key, machine_id):
         raise Refused("malformed_body")
     if not isinstance(body, dict):
         raise Refused("malformed_body")
+    if body.get("mid") != machine_id:
+        raise Refused("wrong_mid")
+    return body
+
+
+def verify(payload, key, machine_id):
+    """-> the command body as a dict, or raise Refused(reason)."""
+    body = open_signed(payload, key, machine_id)
     ok = (
         _chars_ok(body.get("cmd_id"), _ID_CHARS, 8, 64)
-        and isinstance(body.get("mid"), str)
         and isinstance(body.get("order_id"), str)
         and isinstance(body.get("item_id"), str)
         and _chars_ok(body.get("slot"), _SLOT_CHARS, 1, 8)
@@ -62,6 +71,4 @@ def verify(payload, key, machine_id):
     )
     if not ok:
         raise Refused("malformed_body")
-    if body["mid"] != machine_id:
-        raise Refused("wrong_mid")
     return body

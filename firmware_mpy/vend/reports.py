@@ -23,7 +23,7 @@ def presence(fw, boot, ts):
     return json.dumps({"online": True, "fw": fw, "boot": boot, "ts": ts})
 
 
-def health(fw, uptime_s, heap_free, temp_c, door_open, rssi, dropped, ts):
+def health(fw, uptime_s, heap_free, temp_c, door_open, rssi, dropped, acks_refused, ts):
     return json.dumps(
         {
             "fw": fw,
@@ -33,6 +33,7 @@ def health(fw, uptime_s, heap_free, temp_c, door_open, rssi, dropped, ts):
             "door_open": door_open,
             "rssi": rssi,
             "dropped": dropped,
+            "acks_refused": acks_refused,
             "ts": ts,
         }
     )

@@ -17,9 +17,12 @@ from contracts.signing import (
     MalformedEnvelope,
     SignatureError,
     down_key,
+    read_acks,
+    sign_acks,
     sign_command,
     sign_device_message,
     up_key,
+    verify_acks,
     verify_command,
     verify_device_message,
 )
@@ -87,3 +90,27 @@ def test_a_signed_device_message_carries_mid_and_seq_over_the_exact_bytes() -> N
     ).encode()
     with pytest.raises(MalformedBody):
         verify_device_message(key, unnumbered)
+
+
+def test_an_ack_is_signed_with_the_down_key_over_mid_ids_and_ts() -> None:
+    secret = bytes.fromhex(new_command_key())
+    payload = sign_acks(down_key(secret), "M1", ["credit0001", "cmd00001"], 1795770391)
+    acks = verify_acks(down_key(secret), payload)
+    assert (acks.mid, acks.ids, acks.ts) == ("M1", ["credit0001", "cmd00001"], 1795770391)
+    assert read_acks(payload) == acks
+    envelope = json.loads(payload)
+    envelope["body"] = envelope["body"].replace("credit0001", "credit0002")
+    with pytest.raises(BadSignature):
+        verify_acks(down_key(secret), json.dumps(envelope).encode())
+    with pytest.raises(MalformedEnvelope):
+        verify_acks(down_key(secret), b'{"ids": ["credit0001"]}')  # the old, unsigned form
+    with pytest.raises(BadSignature):
+        verify_acks(up_key(secret), payload)  # a device key never makes an ack
+    # A command signed with the same key is no ack (its body has no ids).
+    body = DispenseCommandBody(
+        cmd_id="cmd00001", mid="M1", order_id="o1", item_id="i1", slot="A1", ctr=7, exp=2, ts=1
+    )
+    with pytest.raises(MalformedBody):
+        verify_acks(down_key(secret), sign_command(down_key(secret), body))
+    with pytest.raises(ValidationError):
+        sign_acks(down_key(secret), "M1", [], 1)  # an ack names at least one event

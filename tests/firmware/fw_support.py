@@ -21,6 +21,7 @@ from contracts.signing import (
     SIGNED_DEVICE_SUFFIXES,
     DispenseCommandBody,
     down_key,
+    sign_acks,
     sign_command,
     up_key,
     verify_device_message,
@@ -212,10 +213,20 @@ class SigningGateway:
     async def send(self, machine_id: str, payload: bytes) -> None:
         await self.client.publish(topics.topic(machine_id, topics.DISPENSE_COMMAND), payload, qos=1)
 
+    def signed_ack(
+        self, machine_id: str, ids: list[str], *, mid: str | None = None, key: bytes | None = None
+    ) -> bytes:
+        """An ack as the gateway signs it (``key`` is the machine secret; the ack is signed with
+        the key derived from it for the gateway -> device direction)."""
+        secret = key or device_key(machine_id)
+        return sign_acks(down_key(secret), mid or machine_id, ids, int(time.time()))
+
     async def ack(self, machine_id: str, ids: list[str]) -> None:
-        await self.client.publish(
-            topics.topic(machine_id, topics.ACKS), json.dumps({"ids": ids}).encode(), qos=1
-        )
+        await self.publish_ack(machine_id, self.signed_ack(machine_id, ids))
+
+    async def publish_ack(self, machine_id: str, payload: bytes) -> None:
+        """Publish ``payload`` as it is on the machine's acks topic (forged ones too)."""
+        await self.client.publish(topics.topic(machine_id, topics.ACKS), payload, qos=1)
 
     def messages(self, machine_id: str, suffix: str, start: int = 0) -> list[Received]:
         return [

@@ -96,8 +96,8 @@ async def test_oversized_and_malformed_messages_are_dropped_and_logged(
         await device.wait_online()
         await gateway.send("VM1", b"{" + b" " * 6000 + b"}")
         await gateway.wait_log("VM1", "oversized message dropped")
-        await gateway.client.publish(topics.topic("VM1", topics.ACKS), b"[1, 2]", qos=1)
-        await gateway.wait_log("VM1", "malformed acks message")
+        await gateway.publish_ack("VM1", b"[1, 2]")
+        await gateway.wait_log("VM1", "refused acks: malformed_envelope")
 
         cmd_id, payload = gateway.command("VM1")
         await gateway.send("VM1", payload)

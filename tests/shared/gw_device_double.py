@@ -2,7 +2,8 @@
 
 It is used where the test is about the gateway (timings, restarts), not the firmware: it checks
 the command's HMAC, counter and journal the way the firmware does, answers with a dispense
-result until acked, and can jam a slot or stay silent. Cash credits and dispense results are
+result until acked (an ack counts only if the gateway signed it for this machine), and can jam
+a slot or stay silent. Cash credits and dispense results are
 signed like the firmware signs them (``contracts.signing``: key derived for the device ->
 gateway direction, ``mid`` and ``seq`` in the body) and resent byte for byte.
 """
@@ -17,12 +18,13 @@ from amqtt.client import MQTTClient
 from amqtt.mqtt.constants import QOS_1
 
 from contracts import topics
-from contracts.device_messages import Acks, CashCredit, DispenseResult, Presence
+from contracts.device_messages import CashCredit, DispenseResult, Presence
 from contracts.signing import (
     SignatureError,
     down_key,
     sign_device_message,
     up_key,
+    verify_acks,
     verify_command,
 )
 
@@ -123,7 +125,16 @@ class DeviceDouble:
                 return
             data = bytes(message.data or b"")
             if message.topic.endswith(topics.ACKS):
-                for event_id in Acks.model_validate_json(data).ids:
+                # Like the firmware: only an ack the gateway signed for this machine counts.
+                try:
+                    acks = verify_acks(self._key, data)
+                except SignatureError:
+                    self.refused.append("ack_signature")
+                    continue
+                if acks.mid != self.machine_id:
+                    self.refused.append("ack_machine")
+                    continue
+                for event_id in acks.ids:
                     self.acked.add(event_id)
                     self._unacked.pop(event_id, None)
                 continue
