@@ -60,6 +60,9 @@ class SyncedSite:
     catalog: dict[str, str]  # slot -> catalog item id
     gateway: Gateway
     http: aiohttp.ClientSession
+    # The last kiosk cash order's token: the next one replaces it (one open cash order per
+    # machine, and only its token's holder may replace it).
+    last_order_token: str | None = None
 
     @property
     def config_file(self) -> Path:
@@ -123,9 +126,11 @@ class SyncedSite:
             "items": [{"id": self.catalog[slot], "quantity": 1}],
             "payment_method": "cash",
         }
-        async with self.http.post("/api/v1/orders", json=body) as response:
+        headers = {"X-Order-Token": self.last_order_token} if self.last_order_token else {}
+        async with self.http.post("/api/v1/orders", json=body, headers=headers) as response:
             payload = await response.json()
             assert response.status in (200, 201), payload
+            self.last_order_token = payload["data"]["order_token"]
             return str(payload["data"]["id"])
 
     async def cloud_order(self, order_id: str) -> dict[str, Any] | None:

@@ -77,6 +77,9 @@ async def run(vends: int, machines: int, root: Path) -> None:
     settings = GatewaySettings(
         data_dir=root / "gateway", http_port=0, mqtt_port=0, zeroconf_enabled=False,
         engine_tick_s=0.2,
+        # One process plays every kiosk from one address: the per-client limits would cap it.
+        kiosk_max_open_orders_per_client=10_000, kiosk_orders_per_minute_per_client=1_000_000,
+        kiosk_max_reserved_units_per_client=10_000,
     )  # fmt: skip
     ids = [f"BENCH{i}" for i in range(machines)]
     secrets = {mid: new_mqtt_secret() for mid in ids}
