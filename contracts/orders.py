@@ -10,6 +10,9 @@ class OrderStatus(StrEnum):
     COMPLETED = "completed"
     PARTIALLY_COMPLETED = "partially_completed"
     FAILED = "failed"
+    # Written by gateways from before refunds existed; a new order never enters it: paid units
+    # that were not dispensed end as ``partially_completed`` or ``failed`` with a refund (or, for
+    # cash, machine credit) recorded in the same transaction.
     REFUND_PENDING = "refund_pending"
     CANCELLED = "cancelled"
 
@@ -27,7 +30,38 @@ TERMINAL_ORDER_STATUSES = frozenset(
 
 class PaymentMethod(StrEnum):
     CASH = "cash"
-    SANDBOX = "sandbox"
+    SANDBOX = "sandbox"  # the cloud's self-capturing test provider (tests only)
+    UPI = "upi"  # UPI through the tenant's provider (Razorpay dynamic QR)
+
+
+ELECTRONIC_METHODS = frozenset({PaymentMethod.SANDBOX, PaymentMethod.UPI})
+
+
+class RefundStatus(StrEnum):
+    """A refund of electronic money: ``pending -> refunded``, or ``pending -> failed`` (the
+    provider refused it or kept failing) ``-> manual_review`` (an operator decides). ``held``
+    units (outcome unknown under the ``review`` policy) start in ``manual_review``."""
+
+    PENDING = "pending"
+    REFUNDED = "refunded"
+    FAILED = "failed"
+    MANUAL_REVIEW = "manual_review"
+
+
+class RefundReason(StrEnum):
+    UNDISPENSED = "undispensed"  # paid units that failed (or whose outcome is unknown)
+    UNSERVED = "unserved"  # paid after the order was cancelled or expired: all of it
+    DUPLICATE = "duplicate"  # a second payment for the same order or QR code
+    UNMATCHED = "unmatched"  # a captured payment that matches no order
+
+
+class CreditReason(StrEnum):
+    """Why the free machine credit (cash with no order) changed."""
+
+    CASH_IN = "cash_in"  # coins or notes accepted (+)
+    ORDER_PAYMENT = "order_payment"  # an order took some (-)
+    ORDER_CANCELLED = "order_cancelled"  # a cancelled order gave its cash back (+)
+    UNDISPENSED = "undispensed"  # paid cash units that did not come out (+)
 
 
 class ItemDispenseStatus(StrEnum):

@@ -32,7 +32,14 @@ from pydantic import (
 
 from contracts.money import Amount, Currency, PositiveAmount
 from contracts.numbers import WHOLE_NUMBER
-from contracts.orders import ItemDispenseStatus, OrderStatus, PaymentMethod
+from contracts.orders import (
+    CreditReason,
+    ItemDispenseStatus,
+    OrderStatus,
+    PaymentMethod,
+    RefundReason,
+    RefundStatus,
+)
 from contracts.text import (
     NOT_BLANK,
     PRINTABLE,
@@ -76,6 +83,9 @@ EventType = Literal[
     "dispense.result",  # payload: DispenseRecord
     "cash.credit",  # payload: CashCreditRecord
     "inventory.changed",  # payload: InventoryChange
+    "refund.request",  # payload: RefundRequest (the gateway decided money goes back)
+    "credit.entry",  # payload: CreditEntry (free machine credit moved)
+    "slot.state",  # payload: SlotStateRecord (a slot was disabled or enabled at the gateway)
 ]
 
 
@@ -148,6 +158,10 @@ class OrderSnapshot(_Model):
     paid_amount: Amount = 0
     currency: Currency
     payment_id: Ref | None = None  # cloud payment id (sandbox/razorpay), None for cash
+    # Electronic money this order asked the provider to give back (RefundRequest amounts).
+    refund_amount: Amount = 0
+    # Cash this order returned to the machine credit because its units did not come out.
+    credit_amount: Amount = 0
     customer_name: PersonName | None = None
     customer_phone: PhoneNumber | None = None
     items: list[OrderItemSnapshot]
@@ -186,6 +200,54 @@ class InventoryChange(_Model):
     reason: Literal["sale", "reservation", "release", "restock", "device_report"]
 
 
+RefundId = Annotated[str, Field(pattern=r"^rf-[A-Za-z0-9_-]{8,80}$")]
+
+
+class RefundRequest(_Model):
+    """Money the gateway decided goes back to a customer's UPI account. ``refund_id`` is
+    deterministic (``rf-<order_id>-undispensed``, ``rf-<payment_id>-unserved``), so the cloud
+    and the gateway reaching the same decision make one refund, never two; it is also the
+    provider's idempotency key."""
+
+    refund_id: RefundId
+    order_id: Ref
+    machine_id: Ref
+    payment_id: Ref  # the cloud payment id the money came in on
+    amount: PositiveAmount
+    currency: Currency
+    reason: RefundReason
+    # Units whose outcome is unknown under the tenant's ``review`` policy: recorded, not sent to
+    # the provider until an operator retries it (status manual_review).
+    hold: bool = False
+
+
+class CreditEntry(_Model):
+    """One move of a machine's free credit (cash no order holds). ``balance`` is the free credit
+    after the move as the gateway counts it; the cloud sums ``delta`` per machine."""
+
+    entry_id: Ref
+    machine_id: Ref
+    currency: Currency
+    delta: Annotated[StrictInt, Field(ge=-(10_000_000_00), le=10_000_000_00), WHOLE_NUMBER]
+    balance: Amount
+    reason: CreditReason
+    order_id: Ref | None = None
+    credit_id: Ref | None = None  # the cash credit (device event) behind a cash_in
+
+
+class SlotStateRecord(_Model):
+    """A slot switched off (repeated failed dispenses) or on again, as the gateway applied it."""
+
+    machine_id: Ref
+    catalog_item_id: Ref
+    slot: Ref
+    enabled: bool
+    reason: Literal["jammed", "operator", "technician"]
+    consecutive_failures: Annotated[StrictInt, Field(ge=0, le=1_000_000), WHOLE_NUMBER] = 0
+    # the catalog ``enable_rev`` this state answers (0 when the gateway decided by itself)
+    enable_rev: Annotated[StrictInt, Field(ge=0, le=2**31 - 1), WHOLE_NUMBER] = 0
+
+
 # --- pull: versioned state --------------------------------------------------------------------
 
 
@@ -204,6 +266,22 @@ class CatalogItemState(_Model):
     capacity: Annotated[StrictInt, Field(ge=0, le=1_000_000), WHOLE_NUMBER] | None = None
     image_url: str | None = None
     active: bool = True
+    # An operator's switch for the slot, adopted by the gateway only when ``enable_rev`` changes
+    # (like ``stock_rev``): a slot the gateway disabled after jams stays off until then.
+    enabled: bool = True
+    enable_rev: Annotated[StrictInt, Field(ge=0, le=2**31 - 1), WHOLE_NUMBER] = 0
+
+
+class MoneyPolicy(_Model):
+    """The tenant's rules for money the gateway must decide about on its own."""
+
+    # Paid units whose outcome is unknown (power cut mid-vend): refund them at once, or hold
+    # the refund for an operator's review.
+    unknown_outcome: Literal["refund", "review"] = "refund"
+    # Failed dispenses in a row after which the gateway stops selling the slot.
+    disable_slot_after_failures: Annotated[StrictInt, Field(ge=1, le=100), WHOLE_NUMBER] = 3
+    # Whether the tenant has an electronic provider (UPI) configured at all.
+    upi_enabled: bool = False
 
 
 class MachineState(_Model):
@@ -217,6 +295,7 @@ class MachineState(_Model):
     command_key: str  # hex of the HMAC key for dispense commands
     currency: Currency = "INR"
     config: dict[str, Any] = Field(default_factory=dict)
+    money_policy: MoneyPolicy = Field(default_factory=MoneyPolicy)
     catalog: list[CatalogItemState]
     version: Annotated[StrictInt, Field(ge=0, le=2**53), WHOLE_NUMBER]
 
@@ -234,7 +313,7 @@ class PaymentCreate(_Model):
     machine_id: str
     amount: PositiveAmount
     currency: Currency
-    method: Literal["sandbox"]
+    method: Literal["sandbox", "upi"]
     idempotency_key: Annotated[str, Field(min_length=8, max_length=128)]
 
 
@@ -245,8 +324,10 @@ class PaymentIntent(_Model):
     status: Literal["created", "captured", "failed"]
     amount: PositiveAmount
     currency: Currency
-    qr_payload: str | None = None  # what the kiosk renders as a QR code (UPI intent for Razorpay)
+    qr_payload: str | None = None  # what the kiosk renders as a QR code (a UPI intent URI)
     expires_at: datetime | None = None
+    provider_ref: str | None = None  # the provider's id for it (Razorpay: the qr_code id)
+    image_url: str | None = None  # the provider's hosted QR image, when it gives no UPI URI
 
 
 # --- push channel (WebSocket) -----------------------------------------------------------------
@@ -260,12 +341,26 @@ class PaymentUpdate(_Model):
     amount: PositiveAmount
     currency: Currency
     provider: str
+    provider_payment_id: str | None = None  # Razorpay's pay_... id, when there is one
+
+
+class RefundUpdate(_Model):
+    """Where a refund stands at the provider, for the gateway (kiosk messages) to show."""
+
+    refund_id: RefundId
+    order_id: Ref
+    payment_id: Ref
+    amount: PositiveAmount
+    currency: Currency
+    status: RefundStatus
+    provider_refund_id: str | None = None
 
 
 class ChannelMessage(_Model):
     id: str  # stable; the gateway dedupes and acks by it
-    type: Literal["payment.update", "state.changed"]
-    payload: dict[str, Any]  # PaymentUpdate for payment.update; {} for state.changed (pull now)
+    type: Literal["payment.update", "refund.update", "state.changed"]
+    # PaymentUpdate for payment.update; RefundUpdate for refund.update; {} for state.changed
+    payload: dict[str, Any]
 
 
 class ChannelAck(_Model):

@@ -178,6 +178,13 @@ catalog_items = sa.Table(
     sa.Column("image_url", sa.String(1000), nullable=True),
     sa.Column("active", sa.Boolean, nullable=False),
     sa.Column("updated_at", Ts, nullable=False),
+    # The operator's switch (bumping enable_rev makes the gateway adopt ``enabled``) and the
+    # gateway's last reported slot state (slot.state events).
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("enable_rev", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("disabled_reason", sa.String(32), nullable=True),
+    sa.Column("disabled_at", Ts, nullable=True),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("machine_id", "slot", name="uq_catalog_items_machine_slot"),
 )
 
@@ -197,6 +204,8 @@ orders = sa.Table(
     sa.Column("payment_id", sa.String(64), nullable=True),
     sa.Column("customer_name", sa.String(200), nullable=True),
     sa.Column("customer_phone", sa.String(255), nullable=True),  # sealed (cloud.db.sealed)
+    sa.Column("refund_amount", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("credit_amount", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("created_at", Ts, nullable=False),
     sa.Column("updated_at", Ts, nullable=False),
@@ -240,6 +249,14 @@ payments = sa.Table(
     sa.Column("captured_at", Ts, nullable=True),
     sa.Column("created_at", Ts, nullable=False),
     sa.Column("updated_at", Ts, nullable=False),
+    # The provider's payment (Razorpay pay_...) that paid it, once one did.
+    sa.Column("provider_payment_id", sa.String(64), nullable=True, index=True),
+    # Closing the provider's QR code when the order ends unpaid: pending -> closed | failed.
+    sa.Column("close_state", sa.String(16), nullable=True, index=True),
+    sa.Column("closed_at", Ts, nullable=True),
+    # Last time the cloud asked the provider for this payment (webhooks late or lost).
+    sa.Column("polled_at", Ts, nullable=True),
+    sa.Column("failure_reason", sa.String(200), nullable=True),
 )
 
 sync_events = sa.Table(
@@ -355,4 +372,134 @@ sync_dead_letters = sa.Table(
     sa.Column("resolved_at", Ts, nullable=True),
     sa.UniqueConstraint("gateway_id", "event_id", name="uq_sync_dead_letters_gateway_event"),
     sa.Index("ix_sync_dead_letters_tenant_state", "tenant_id", "state", "last_seen_at"),
+)
+
+
+# --- money: providers, webhooks, refunds, machine credit (migration 0006) ---------------------
+
+# The tenant's rules for money decided at the gateway (contracts.sync.MoneyPolicy).
+tenant_money_policies = sa.Table(
+    "tenant_money_policies",
+    metadata,
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), primary_key=True),
+    sa.Column("unknown_outcome", sa.String(16), nullable=False),
+    sa.Column("disable_slot_after_failures", sa.Integer, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+)
+
+# One electronic payment provider per tenant. The secrets are sealed (cloud.db.sealed) and
+# never returned by the API.
+payment_providers = sa.Table(
+    "payment_providers",
+    metadata,
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), primary_key=True),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("key_secret", sa.String(512), nullable=False),
+    sa.Column("webhook_secret", sa.String(512), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+    sa.Column("updated_by", Id, nullable=True),
+)
+
+# Every verified provider webhook, once (the provider's event id), recorded in the transaction
+# that applies it: the 2xx goes out only after this row is committed.
+provider_events = sa.Table(
+    "provider_events",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("entity_id", sa.String(64), nullable=True, index=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("note", sa.String(500), nullable=True),
+    sa.Column("received_at", Ts, nullable=False),
+)
+
+# What the provider says it captured (from webhooks and polls): reconciliation matches each
+# row to exactly one order.
+provider_payments = sa.Table(
+    "provider_payments",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # Razorpay pay_...
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("payment_id", Id, nullable=True, index=True),  # ours, when it matched one
+    sa.Column("qr_code_id", sa.String(64), nullable=True, index=True),
+    sa.Column("order_id", sa.String(64), nullable=True, index=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("method", sa.String(32), nullable=True),
+    sa.Column("amount_refunded", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("source", sa.String(16), nullable=False),  # webhook | poll
+    sa.Column("captured_at", Ts, nullable=True),
+    sa.Column("first_seen_at", Ts, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+)
+
+# Refunds of electronic money (contracts.orders.RefundStatus). ``id`` is the deterministic
+# refund id (contracts.sync.RefundRequest) and the provider's idempotency key.
+refunds = sa.Table(
+    "refunds",
+    metadata,
+    sa.Column("id", sa.String(100), primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("site_id", Id, sa.ForeignKey("sites.id"), nullable=True),
+    sa.Column("machine_id", Id, sa.ForeignKey("machines.id"), nullable=True),
+    sa.Column("order_id", sa.String(64), nullable=True, index=True),
+    sa.Column("payment_id", Id, nullable=True, index=True),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("provider_payment_id", sa.String(64), nullable=True),
+    sa.Column("provider_refund_id", sa.String(64), nullable=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),  # gateway | cloud
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", Ts, nullable=True, index=True),
+    sa.Column("last_error", sa.String(500), nullable=True),
+    sa.Column("note", sa.String(1000), nullable=True),
+    sa.Column("resolved_by", Id, nullable=True),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+    sa.Column("refunded_at", Ts, nullable=True),
+    sa.Index("ix_refunds_tenant_status", "tenant_id", "status", "created_at"),
+)
+
+# Moves of each machine's free cash credit, as the gateway made them (contracts.sync.CreditEntry).
+credit_entries = sa.Table(
+    "credit_entries",
+    metadata,
+    sa.Column("entry_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("machine_id", Id, sa.ForeignKey("machines.id"), nullable=False, index=True),
+    sa.Column("order_id", sa.String(64), nullable=True),
+    sa.Column("credit_id", sa.String(64), nullable=True),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("delta", sa.BigInteger, nullable=False),
+    sa.Column("balance", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("occurred_at", Ts, nullable=False),
+    sa.Column("received_at", Ts, nullable=False),
+)
+
+# What operators did to money and machines by hand (refund retried or resolved, slot enabled,
+# provider credentials changed), with who and why.
+operator_audit = sa.Table(
+    "operator_audit",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False),
+    sa.Column("user_id", Id, nullable=True),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target_type", sa.String(32), nullable=False),
+    sa.Column("target_id", sa.String(100), nullable=False),
+    sa.Column("note", sa.String(1000), nullable=True),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Index("ix_operator_audit_tenant_created", "tenant_id", "created_at"),
 )

@@ -21,7 +21,7 @@ async def test_migrations_match_schema(settings):
         async with engine.connect() as conn:
             assert await conn.run_sync(diff) == []
             version = await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
-            assert version == "0005"
+            assert version == "0006"
             if engine.dialect.name == "sqlite":
                 assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
                 assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
