@@ -38,14 +38,21 @@ ELECTRONIC_METHODS = frozenset({PaymentMethod.SANDBOX, PaymentMethod.UPI})
 
 
 class RefundStatus(StrEnum):
-    """A refund of electronic money: ``pending -> refunded``, or ``pending -> failed`` (the
-    provider refused it or kept failing) ``-> manual_review`` (an operator decides). ``held``
-    units (outcome unknown under the ``review`` policy) start in ``manual_review``."""
+    """A refund of electronic money.
+
+    ``pending`` (to send, or sent and not yet processed) ``-> refunded`` (the provider says it
+    is processed). A provider error makes it ``failed`` while retries with backoff remain; when
+    they run out, or the provider refuses it outright, it goes to ``manual_review`` and the
+    worker stops. Held refunds (outcome unknown under the ``review`` policy) start there. From
+    ``manual_review`` an operator retries (back to ``pending``) or resolves it by hand with a
+    note: ``refunded`` (paid back outside the provider) or ``voided`` (nothing was owed, e.g.
+    the item did come out)."""
 
     PENDING = "pending"
     REFUNDED = "refunded"
     FAILED = "failed"
     MANUAL_REVIEW = "manual_review"
+    VOIDED = "voided"
 
 
 class RefundReason(StrEnum):
