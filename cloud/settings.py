@@ -5,6 +5,7 @@ import os
 import secrets
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +78,26 @@ class CloudSettings(BaseSettings):
 
     sandbox_approve_delay_s: float = Field(default=1.0, ge=0)
     payment_expiry_s: int = Field(default=900, gt=0)
+    # Razorpay (cloud/payments/razorpay.py). The API base is the cloud's, never a tenant's: a
+    # tenant-set URL would let anyone with admin rights make the cloud call any address (SSRF).
+    # Tests and the demo point it at tools/razorpay_server.
+    razorpay_api_url: str = "https://api.razorpay.com"
+    razorpay_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # A QR payment still unpaid after this long is polled at the provider (webhooks may be late
+    # or lost), at most every ``razorpay_poll_interval_s``, until its close_by plus the grace.
+    razorpay_poll_after_s: float = Field(default=20.0, ge=0)
+    razorpay_poll_interval_s: float = Field(default=15.0, gt=0)
+    razorpay_poll_grace_s: float = Field(default=600.0, ge=0)
+    # Closing a QR code of an order that ended unpaid: tries before close_state 'failed'.
+    provider_close_attempts: int = Field(default=8, ge=1)
+    # Each tenant's provider sits behind a circuit breaker (contracts.breaker): after this many
+    # failures or timeouts in a row payment creation answers 503 provider_unavailable at once,
+    # and after ``provider_breaker_recovery_s`` one probe call is let through.
+    provider_breaker_threshold: int = Field(default=3, ge=1)
+    provider_breaker_recovery_s: float = Field(default=15.0, gt=0)
+    # Where Razorpay reaches this cloud's public listener (webhook URL shown to admins), e.g.
+    # https://pay.example.com. Unset: derived from the request that asks for it.
+    public_url: str | None = None
     # Background workers wake on in-process notifications and also poll the database, so
     # several cloud processes sharing one database still see each other's work.
     worker_poll_interval_s: float = Field(default=0.5, gt=0)
@@ -96,6 +117,18 @@ class CloudSettings(BaseSettings):
         for cidr in value:
             ipaddress.ip_network(cidr.strip(), strict=False)  # ValueError names the bad one
         return value
+
+    @field_validator("razorpay_api_url", "public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        if parsed.query or parsed.fragment:
+            raise ValueError(f"{value!r}: a base URL has no query or fragment")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _production_needs_secret(self) -> "CloudSettings":
@@ -117,6 +150,13 @@ class CloudSettings(BaseSettings):
                 "VENDING_CLOUD_MASTER_KEYS or VENDING_CLOUD_MASTER_KEYS_FILE is required in "
                 "production"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _production_razorpay_over_tls(self) -> "CloudSettings":
+        # Basic auth carries the tenant's key secret on every call.
+        if self.environment == "production" and not self.razorpay_api_url.startswith("https://"):
+            raise ValueError("VENDING_CLOUD_RAZORPAY_API_URL must be https in production")
         return self
 
     @classmethod
