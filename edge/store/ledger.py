@@ -28,6 +28,7 @@ from contracts.sync import (
     CashCreditRecord,
     DispenseRecord,
     InventoryChange,
+    MoneyPolicy,
     OrderItemSnapshot,
     PaymentIntent,
     PaymentUpdate,
@@ -105,6 +106,21 @@ def inventory_event(db: Db, catalog_id: str, delta: int, reason: str) -> None:
         reason=reason,  # type: ignore[arg-type]
     )
     add_outbox(db, new_id(), "inventory.changed", change.model_dump(mode="json"))
+
+
+# --- machines ----------------------------------------------------------------------------------
+
+
+def money_policy(db: Db, machine_id: str) -> MoneyPolicy:
+    """The machine's money policy as the last state pull stored it; the contract's defaults
+    when the machine is unknown or its stored policy cannot be read (an older cloud)."""
+    row = db.execute("SELECT money_policy FROM machines WHERE id = ?", [machine_id]).fetchone()
+    if row is None:
+        return MoneyPolicy()
+    try:
+        return MoneyPolicy.model_validate_json(row["money_policy"] or "{}")
+    except ValueError:
+        return MoneyPolicy()
 
 
 # --- order reads -------------------------------------------------------------------------------

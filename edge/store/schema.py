@@ -149,3 +149,56 @@ def m006_order_capabilities(db: sqlite_utils.Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@migrations()
+def m007_money(db: sqlite_utils.Database) -> None:
+    """Refunds, machine credit, provider details and slot switches (issue 7).
+
+    - ``orders``: what the order gave back (``refund_amount`` electronic, ``credit_amount`` cash
+      to the machine credit), cash received beyond its total (``overpaid_amount``), and the
+      provider's details of its payment (provider, QR code id, UPI URI, hosted image).
+    - ``refunds``: the refund requests the gateway made (or heard of from the cloud), with the
+      status the cloud last reported; ids are deterministic (``rf-<order_id>-undispensed``...).
+    - ``credit_entries``: every move of a machine's free cash credit, with the balance after.
+    - ``cash_allocations.returned``: the part of an allocation given back to the machine credit
+      because the units it paid did not come out. The allocation stays (it is the record of
+      which coins paid the order); the free credit is ``received - SUM(amount - returned)``.
+    - ``dispense_commands.money``: what the gateway did with the unit's money when the order
+      ended (``refunded``, ``held``, ``credited``), so a late device answer knows.
+    - ``catalog``: the slot switch (``enabled``, adopted from the cloud only when ``enable_rev``
+      changes), the failed dispenses in a row, and why it was disabled.
+    - ``machines.money_policy``: the tenant's ``contracts.sync.MoneyPolicy`` as JSON.
+    - ``payments.provider_payment_id``: the provider's own payment id (Razorpay ``pay_...``).
+    """
+    statements = [
+        "ALTER TABLE orders ADD COLUMN refund_amount INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE orders ADD COLUMN credit_amount INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE orders ADD COLUMN overpaid_amount INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE orders ADD COLUMN payment_provider TEXT",
+        "ALTER TABLE orders ADD COLUMN qr_code_id TEXT",
+        "ALTER TABLE orders ADD COLUMN upi_uri TEXT",
+        "ALTER TABLE orders ADD COLUMN image_url TEXT",
+        """CREATE TABLE refunds (
+            refund_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, payment_id TEXT NOT NULL,
+            amount INTEGER NOT NULL, currency TEXT NOT NULL, reason TEXT NOT NULL,
+            hold INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL, provider_refund_id TEXT,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL, CHECK (amount > 0))""",
+        "CREATE INDEX refunds_order ON refunds(order_id)",
+        """CREATE TABLE credit_entries (
+            entry_id TEXT PRIMARY KEY, machine_id TEXT NOT NULL, currency TEXT NOT NULL,
+            delta INTEGER NOT NULL, balance INTEGER NOT NULL, reason TEXT NOT NULL,
+            order_id TEXT, credit_id TEXT, at TEXT NOT NULL)""",
+        "CREATE INDEX credit_entries_machine ON credit_entries(machine_id, at)",
+        "CREATE INDEX credit_entries_order ON credit_entries(order_id)",
+        "ALTER TABLE cash_allocations ADD COLUMN returned INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE dispense_commands ADD COLUMN money TEXT",
+        "ALTER TABLE catalog ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE catalog ADD COLUMN enable_rev INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE catalog ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE catalog ADD COLUMN disabled_reason TEXT",
+        "ALTER TABLE machines ADD COLUMN money_policy TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE payments ADD COLUMN provider_payment_id TEXT",
+    ]
+    for statement in statements:
+        db.execute(statement)

@@ -22,6 +22,7 @@ from contracts.device_messages import CashCredit
 from contracts.orders import DispenseOutcome, OrderStatus
 from contracts.sealing import KeyRing, SealingError
 from contracts.sync import (
+    MoneyPolicy,
     OutboxEvent,
     PaymentIntent,
     PaymentUpdate,
@@ -286,12 +287,20 @@ class GatewayStore:
                 name=r["name"],
                 price=r["price"],
                 currency=r["currency"],
-                quantity=max(r["quantity"] - r["reserved"], 0),
+                # A disabled slot has nothing to order now, whatever is in it.
+                quantity=max(r["quantity"] - r["reserved"], 0) if r["enabled"] else 0,
                 category=r["category"],
                 image_url=r["image_url"],
+                enabled=bool(r["enabled"]),
+                disabled_reason=None if r["enabled"] else r["disabled_reason"],
             )
             for r in rows
         ]
+
+    async def money_policy(self, machine_id: str) -> MoneyPolicy:
+        """The tenant's money policy for the machine, as the last state pull gave it (the
+        defaults for an unknown machine or before the first pull)."""
+        return await self._reader.run(lambda db: ledger.money_policy(db, machine_id))
 
     async def stock(self, catalog_item_id: str) -> tuple[int, int]:
         """(quantity, reserved) of one catalog item; for tests and tools."""

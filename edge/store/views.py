@@ -2,10 +2,11 @@
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.orders import OrderStatus, PaymentMethod
+from contracts.orders import OrderStatus, PaymentMethod, RefundReason, RefundStatus
 from contracts.sync import OrderItemSnapshot, OrderSnapshot
 
 
@@ -29,11 +30,31 @@ class CatalogItemView(_View):
     quantity: int  # units available to order now (stock minus reservations)
     category: str | None
     image_url: str | None
+    # False once the gateway disabled the slot after failed dispenses in a row (or an operator
+    # switched it off): the kiosk shows it unavailable and create_order refuses it.
+    enabled: bool = True
+    disabled_reason: str | None = None  # "jammed", "operator", ... while not enabled
 
 
 class PaymentView(_View):
+    """The order's electronic payment as the kiosk shows it."""
+
     payment_id: str
-    qr_payload: str | None
+    provider: str = "sandbox"  # "sandbox" or "razorpay" (what the cloud's intent named)
+    status: Literal["created", "captured", "failed"] = "created"
+    qr_code_id: str | None = None  # the provider's QR code id (Razorpay ``qr_...``)
+    upi_uri: str | None = None  # a UPI intent URI the kiosk can render as a QR code
+    image_url: str | None = None  # the provider's hosted QR image, when there is no URI
+    qr_payload: str | None = None  # what the kiosk renders (the UPI URI when there is one)
+
+
+class RefundView(_View):
+    """Electronic money this order asked the provider to give back."""
+
+    refund_id: str
+    amount: int
+    status: RefundStatus
+    reason: RefundReason
 
 
 class OrderView(_View):
@@ -51,6 +72,15 @@ class OrderView(_View):
     created_at: datetime
     updated_at: datetime
     version: int
+    # Electronic money asked back for units that did not come out (sum of ``refunds``).
+    refund_amount: int = 0
+    # Cash of this order returned to the machine credit because its units did not come out.
+    credit_amount: int = 0
+    # Cash received for this order beyond its total, kept as machine credit.
+    overpaid_amount: int = 0
+    refunds: list[RefundView] = Field(default_factory=list)
+    # Free cash credit at the order's machine now (pays the next cash order there).
+    machine_credit: int = 0
 
     def to_snapshot(self) -> OrderSnapshot:
         return OrderSnapshot(
@@ -62,6 +92,8 @@ class OrderView(_View):
             paid_amount=self.paid_amount,
             currency=self.currency,
             payment_id=self.payment.payment_id if self.payment else None,
+            refund_amount=self.refund_amount,
+            credit_amount=self.credit_amount,
             customer_name=self.customer_name,
             customer_phone=self.customer_phone,
             items=self.items,
