@@ -59,6 +59,11 @@ class GatewaySettings(BaseSettings):
     dispense_give_up_s: float = Field(default=90.0, gt=0)
     order_payment_timeout_s: float = Field(default=300.0, gt=0)
     engine_tick_s: float = Field(default=1.0, gt=0)  # how often housekeeping (expiry) runs
+    # The breaker around payment calls to the cloud (contracts.breaker): failures or timeouts in
+    # a row that open it, seconds it stays open before one probe, and the per-call timeout.
+    payments_breaker_failures: int = Field(default=3, ge=1)
+    payments_breaker_recovery_s: float = Field(default=15.0, gt=0)
+    payments_call_timeout_s: float = Field(default=5.0, gt=0)
 
     # Per kiosk API client (its peer address; an IPv6 client counts as its /64): how many unpaid
     # orders it may hold, how many units they may reserve together, and how many orders it may
