@@ -63,6 +63,23 @@ class MachineBusy(OrderConflict):
     A subclass of ``OrderConflict`` so every edge already answers it with 409."""
 
 
+class SlotDisabled(OrderConflict):
+    """An ordered item's slot is switched off (failed dispenses in a row, or an operator):
+    nothing is sold from it until a technician or operator enables it again. A subclass of
+    ``OrderConflict`` so every edge already answers 409; the kiosk API names it
+    ``slot_disabled``."""
+
+    def __init__(self, catalog_item_id: str, slot: str, reason: str | None) -> None:
+        super().__init__(
+            f"slot {slot} ({catalog_item_id}) is disabled"
+            + (f" ({reason})" if reason else "")
+            + ": it is not sold until a technician or operator enables it again"
+        )
+        self.catalog_item_id = catalog_item_id
+        self.slot = slot
+        self.reason = reason
+
+
 class OrderTokenError(OrderError):
     """Cancelling or superseding an order needs the secret ``order_token`` its creation
     returned (answered with 403)."""
@@ -95,7 +112,18 @@ class IdempotencyConflict(OrderError):
 
 
 class PaymentUnavailable(OrderError):
-    """The payment provider cannot be reached; the order was cancelled and its stock released."""
+    """The payment provider cannot be reached; the order was cancelled and its stock released.
+
+    ``reason``: offline (no cloud link), payment_service_unavailable (the payments breaker is
+    open, or the cloud or its provider failed), not_enabled (no UPI for this tenant), refused."""
+
+    def __init__(
+        self, message: str, *, reason: str = "payment_service_unavailable",
+        retry_in_s: float | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message)
+        self.reason = reason
+        self.retry_in_s = retry_in_s
 
 
 class BrokerStartError(GatewayError):
