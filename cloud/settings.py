@@ -98,6 +98,18 @@ class CloudSettings(BaseSettings):
     # Where Razorpay reaches this cloud's public listener (webhook URL shown to admins), e.g.
     # https://pay.example.com. Unset: derived from the request that asks for it.
     public_url: str | None = None
+    # Refunds (cloud/payments/refunds.py): a provider error is retried with a capped, jittered
+    # backoff; after ``refund_max_attempts`` tries the refund waits for an operator
+    # (manual_review). A refund the provider accepted is checked again after
+    # ``refund_check_interval_s``, then less often (up to ``refund_check_max_s``) until processed.
+    refund_max_attempts: int = Field(default=6, ge=1, le=100)
+    refund_backoff_base_s: float = Field(default=30.0, gt=0)
+    refund_backoff_max_s: float = Field(default=3600.0, gt=0)
+    refund_check_interval_s: float = Field(default=60.0, gt=0)
+    refund_check_max_s: float = Field(default=3600.0, gt=0)
+    # How long a worker holds a refund it is sending before another process may send it again
+    # (same idempotency key, so never twice at the provider).
+    refund_lease_s: float = Field(default=120.0, gt=0)
     # Background workers wake on in-process notifications and also poll the database, so
     # several cloud processes sharing one database still see each other's work.
     worker_poll_interval_s: float = Field(default=0.5, gt=0)
