@@ -20,7 +20,7 @@ from edge.discovery import Announcement
 from edge.errors import GatewayError
 from edge.http import create_app
 from edge.http.routes import API
-from edge.metrics import GatewayMetrics
+from edge.metrics import BREAKER_STATE_VALUES, GatewayMetrics
 from edge.settings import GatewaySettings
 from edge.store import GatewayStore
 from edge.sync.ports import PaymentsPort
@@ -114,15 +114,22 @@ class Gateway:
         )
 
         payments: PaymentsPort | None = self._payments_override
+        payments_ready = None
         if settings.cloud_url:
             if CloudLink is None:
                 raise GatewayError("cloud_url is set but the cloud link is not installed")
             self._cloud = await stack.enter_async_context(
                 CloudLink(settings, self.store, self.metrics)
             )
-            payments = payments or self._cloud
+            if payments is None:
+                payments = self._cloud
+                # Before enrolment there is nobody to ask: "offline", not a breaker failure.
+                cloud = self._cloud
+                payments_ready = lambda: bool(cloud.status().get("enrolled"))  # noqa: E731
 
-        self._engine = VendEngine(settings, self.store, self._link, payments, self.metrics)
+        self._engine = VendEngine(
+            settings, self.store, self._link, payments, self.metrics, payments_ready=payments_ready
+        )
         group = await stack.enter_async_context(asyncio.TaskGroup())
         stack.push_async_callback(self._cancel_tasks)  # runs before the group waits
         self._tasks.append(group.create_task(self._engine.run(), name="vend-engine"))
@@ -182,10 +189,14 @@ class Gateway:
         link_ok = self._link is not None and self._link.connected
         broker_running = self._broker.running if self._broker is not None else None
         cloud = self._cloud.status() if self._cloud is not None else {"configured": False}
-        healthy = store_ok and link_ok and broker_running is not False and dead == 0
+        breakers = self._breakers()
+        # While the payments breaker is not closed UPI is refused (cash still sells).
+        payments_ok = all(b["state"] == "closed" for b in breakers.values())
+        healthy = store_ok and link_ok and broker_running is not False and dead == 0 and payments_ok
         self.metrics.dead_letters.set(dead)
         return {
             "status": "ok" if healthy else "degraded",
+            "breakers": breakers,
             # Events the cloud refused sit aside until someone fixes and retries them.
             "dead_letters": {
                 "count": dead,
@@ -206,3 +217,15 @@ class Gateway:
             "devices": devices,
             "zeroconf": self._announcement.active if self._announcement else False,
         }
+
+    def _breakers(self) -> dict[str, dict[str, object]]:
+        engine = self._engine
+        if engine is None:
+            return {}
+        snapshots = {b.name: b.snapshot() for b in engine.breakers}
+        for name, snap in snapshots.items():
+            # The open -> half_open step is time-based: refresh the gauge from what is true now.
+            self.metrics.breaker_state.labels(breaker=name).set(
+                BREAKER_STATE_VALUES[str(snap["state"])]
+            )
+        return snapshots

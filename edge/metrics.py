@@ -2,6 +2,9 @@
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+# ``gateway_breaker_state`` values: the larger, the less traffic goes through.
+BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
 
 class GatewayMetrics:
     def __init__(self) -> None:
@@ -91,6 +94,27 @@ class GatewayMetrics:
             "Outbox events moved to the dead letters, by source (cloud: named rejected by the"
             " cloud; isolated: found by splitting a batch the cloud refused whole)",
             ["source"],
+            registry=self.registry,
+        )
+        # Circuit breakers (contracts.breaker) around the gateway's payment calls to the cloud.
+        self.breaker_state = Gauge(
+            "gateway_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half_open (one probe may pass), 2 open",
+            ["breaker"],
+            registry=self.registry,
+        )
+        self.breaker_transitions = Counter(
+            "gateway_breaker_transitions",
+            "Circuit breaker state changes, by breaker and the state entered",
+            ["breaker", "state"],
+            registry=self.registry,
+        )
+        self.payments_refused_fast = Counter(
+            "gateway_payments_refused_fast",
+            "Electronic orders refused without asking the cloud: payment_service_unavailable"
+            " (payments breaker open), offline (no cloud link), not_enabled (no UPI for the"
+            " tenant)",
+            ["reason"],
             registry=self.registry,
         )
         self.devices = Gauge(

@@ -26,6 +26,7 @@ from edge.errors import (
     OrderTokenRequired,
     OrderTooLarge,
     PaymentUnavailable,
+    SlotDisabled,
     StoreError,
 )
 
@@ -121,10 +122,23 @@ def _translate(exc: BaseException) -> ApiError:
             return ApiError(409, "order_too_large", str(exc))
         case MachineBusy():
             return ApiError(409, "machine_busy", str(exc))
+        case SlotDisabled():
+            return ApiError(
+                409,
+                "slot_disabled",
+                str(exc),
+                {"id": exc.catalog_item_id, "slot": exc.slot, "reason": exc.reason},
+            )
         case OrderConflict():
             return ApiError(409, "order_conflict", str(exc))
         case PaymentUnavailable():
-            return ApiError(503, "payment_unavailable", str(exc))
+            # The order (if any) is cancelled and nothing was charged; cash still works.
+            return ApiError(
+                503,
+                "payment_unavailable",
+                str(exc),
+                {"reason": exc.reason, "retry_in_s": exc.retry_in_s, "alternatives": ["cash"]},
+            )
         case StoreError():
             return ApiError(503, "store_unavailable", "the gateway cannot store orders right now")
         case GatewayError():

@@ -1,6 +1,7 @@
 """The kiosk page: ``/kiosk`` (``/`` redirects there), its assets under ``/static/``, and the
-QR code of a sandbox order's UPI payment, rendered here so the page needs nothing from outside
-the gateway."""
+QR code of an order's UPI payment (its UPI URI), rendered here so the page needs nothing from
+outside the gateway. Only when the provider gives no URI does the page show the provider's
+hosted QR image (``image_url``): the one thing it may load from elsewhere (``img-src https:``)."""
 
 import io
 from pathlib import Path
@@ -18,7 +19,7 @@ MAX_QR_PAYLOAD = 1024
 
 # The page is ours alone: scripts, styles and requests only from the gateway, never framed.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
     "frame-ancestors 'none'"
 )
@@ -42,7 +43,8 @@ async def kiosk_page(request: web.Request) -> web.FileResponse:
 
 async def payment_qr(request: web.Request) -> web.Response:
     order = await request.app[keys.STORE].get_order(path_param(request, "order_id"))
-    payload = order.payment.qr_payload if order.payment else None
+    payment = order.payment
+    payload = (payment.upi_uri or payment.qr_payload) if payment else None
     if not payload:
         raise ApiError(404, "no_qr_payload", "this order has no payment QR code")
     if len(payload) > MAX_QR_PAYLOAD:

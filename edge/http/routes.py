@@ -28,12 +28,14 @@ from edge.http.schemas import (
     CreatedOrder,
     CreateOrderRequest,
     HealthReport,
+    MachinePaymentMethods,
+    PaymentMethodOption,
+    PublicMachine,
     PublicOrder,
 )
 from edge.store.views import (
     CatalogItemView,
     ClientLimits,
-    MachineView,
     OrderCapability,
     OrderView,
 )
@@ -48,9 +50,28 @@ def _order_json(order: OrderView) -> dict[str, Any]:
     return PublicOrder.model_validate(order).model_dump(mode="json")
 
 
+async def _payment_methods(request: web.Request, machine_id: str) -> list[PaymentMethodOption]:
+    methods = await request.app[keys.ENGINE].payment_methods(machine_id)
+    return [PaymentMethodOption.model_validate(m) for m in methods]
+
+
 async def list_machines(request: web.Request) -> web.Response:
     machines = await request.app[keys.STORE].list_machines()
-    return ok([m.model_dump(mode="json") for m in machines])
+    listed = [
+        PublicMachine(**m.model_dump(), payment_methods=await _payment_methods(request, m.id))
+        for m in machines
+    ]
+    return ok([m.model_dump(mode="json") for m in listed])
+
+
+async def machine_payment_methods(request: web.Request) -> web.Response:
+    """Asked by the kiosk before it offers UPI, and again after a payment_unavailable."""
+    machine_id = path_param(request, "machine_id")
+    if not await request.app[keys.STORE].machine_exists(machine_id):
+        raise ApiError(404, "machine_not_found", f"no active machine {machine_id!r}")
+    methods = await _payment_methods(request, machine_id)
+    data = MachinePaymentMethods(machine_id=machine_id, payment_methods=methods)
+    return ok(data.model_dump(mode="json"))
 
 
 async def machine_catalog(request: web.Request) -> web.Response:
@@ -223,20 +244,29 @@ _ORDERS = "orders"
 _SITE = "site"
 # 503: the store cannot be read or written (disk full, database error).
 ROUTES: list[KioskRoute] = [
-    KioskRoute("GET", f"{API}/machines", list_machines, "Active machines at this site", _SITE,
-               response=MachineView, many=True, errors=(503,)),
+    KioskRoute("GET", f"{API}/machines", list_machines,
+               "Active machines at this site, each with the payment methods that work there now "
+               "(cash always; upi only while the tenant has it, the cloud link is up and the "
+               "payments circuit breaker is closed)", _SITE,
+               response=PublicMachine, many=True, errors=(503,)),
     KioskRoute("GET", f"{API}/machines/{{machine_id}}/catalog", machine_catalog,
-               "A machine's catalog: slot, name, price, quantity available, category, image",
+               "A machine's catalog: slot, name, price, quantity available, category, image; a "
+               "disabled slot (enabled false: out of service) cannot be ordered",
                _SITE, response=CatalogItemView, many=True, errors=(503,)),
+    KioskRoute("GET", f"{API}/machines/{{machine_id}}/payment-methods", machine_payment_methods,
+               "The payment methods that work at a machine now, and why one does not", _SITE,
+               response=MachinePaymentMethods, errors=(503,)),
     KioskRoute("POST", f"{API}/orders", create_order,
                "Create an order (201; 200 when an Idempotency-Key replays an earlier one). The "
                "answer carries the order's secret order_token, needed to cancel it or to "
                "replace it with a new cash order (X-Order-Token)",
                _ORDERS, body=CreateOrderRequest, response=CreatedOrder, statuses=(201, 200),
                # 400 also for an item this machine does not sell (unknown_item); 404 unknown
-               # machine; 409 stock, machine busy (another customer's cash order, or one being
-               # paid), order over the per-client units, Idempotency-Key reuse; 413 body over
-               # 64 KiB; 429 per-client limits; 503 no payment provider or store.
+               # machine; 409 stock, disabled slot (slot_disabled), machine busy (another
+               # customer's cash order, or one being paid), order over the per-client units,
+               # Idempotency-Key reuse; 413 body over 64 KiB; 429 per-client limits; 503
+               # payment_unavailable (no cloud link, payments breaker open, no UPI for the
+               # tenant: the order is cancelled, nothing charged, pay with cash) or store.
                errors=(400, 404, 409, 413, 429, 503), idempotency_key=True,
                order_token="replace"),
     KioskRoute("GET", f"{API}/orders/{{order_id}}", get_order, "An order and its items",
@@ -259,7 +289,9 @@ ROUTES: list[KioskRoute] = [
     KioskRoute("GET", kiosk_page.KIOSK_PATH, kiosk_page.kiosk_page, "The kiosk page", "page",
                media_type="text/html", media_schema={"type": "string"}),
     KioskRoute("GET", f"{kiosk_page.KIOSK_PATH}/orders/{{order_id}}/qr.svg",
-               kiosk_page.payment_qr, "The UPI QR code of a sandbox order's payment", "page",
+               kiosk_page.payment_qr,
+               "The QR code of an order's UPI payment (its upi_uri, or the sandbox qr_payload)",
+               "page",
                media_type="image/svg+xml", media_schema={"type": "string"},
                # 502: the provider's QR payload is too long to draw.
                errors=(502, 503)),

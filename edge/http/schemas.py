@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from contracts.orders import OrderStatus, PaymentMethod
 from contracts.sync import LineQuantity, OrderItemSnapshot
 from contracts.text import PersonName, PhoneNumber, Ref
-from edge.store.views import NewOrder, NewOrderLine, PaymentView
+from edge.store.views import MachineView, NewOrder, NewOrderLine, PaymentView, RefundView
 
 MAX_LINES = 20
 
@@ -38,7 +38,13 @@ class CreateOrderRequest(BaseModel):
             "sells (another is a 400 unknown_item)",
         ),
     ]
-    payment_method: PaymentMethod
+    payment_method: Annotated[
+        PaymentMethod,
+        Field(
+            description="cash; upi (the tenant's provider: a dynamic UPI QR code, only where "
+            "the machine's payment_methods says upi is available); sandbox (tests)"
+        ),
+    ]
     customer_name: PersonName | None = None
     customer_phone: PhoneNumber | None = None
 
@@ -81,11 +87,42 @@ class PublicOrder(BaseModel):
     total_amount: int
     paid_amount: int
     currency: str
-    payment: PaymentView | None
+    payment: Annotated[
+        PaymentView | None,
+        Field(
+            description="The electronic payment (upi, sandbox): render upi_uri (or qr_payload) "
+            "as a QR code, else show image_url"
+        ),
+    ]
     items: list[OrderItemSnapshot]
     created_at: datetime
     updated_at: datetime
     version: int
+    refund_amount: Annotated[
+        int,
+        Field(
+            description="Electronic money asked back from the provider for units that did not "
+            "come out (the sum of refunds)"
+        ),
+    ] = 0
+    credit_amount: Annotated[
+        int,
+        Field(
+            description="Cash of this order kept as machine credit: units that did not come "
+            "out, or the coins of a cancelled order"
+        ),
+    ] = 0
+    overpaid_amount: Annotated[
+        int, Field(description="Cash received beyond the total, kept as machine credit")
+    ] = 0
+    refunds: Annotated[
+        list[RefundView],
+        Field(description="Refunds of this order and where each stands at the provider"),
+    ] = Field(default_factory=list)
+    machine_credit: Annotated[
+        int,
+        Field(description="Free cash credit at this machine now: pays the next cash order here"),
+    ] = 0
 
 
 class CreatedOrder(PublicOrder):
@@ -109,3 +146,37 @@ class HealthReport(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     status: Literal["ok", "degraded"]
+
+
+class PaymentMethodOption(BaseModel):
+    """Whether the kiosk may offer a payment method at a machine now."""
+
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+    method: PaymentMethod
+    available: bool
+    reason: Annotated[
+        Literal["offline", "payment_service_unavailable", "not_enabled"] | None,
+        Field(
+            description="Why not: offline (no cloud link), payment_service_unavailable (the "
+            "payments circuit breaker is open: the cloud or its provider keeps failing), "
+            "not_enabled (the tenant has no UPI provider)"
+        ),
+    ] = None
+    message: Annotated[str | None, Field(description="What to tell the customer")] = None
+    retry_in_s: Annotated[
+        float | None, Field(description="When the breaker lets one probe through again")
+    ] = None
+
+
+class PublicMachine(MachineView):
+    """A machine as the kiosk API lists it, with the payment methods that work there now."""
+
+    payment_methods: list[PaymentMethodOption]
+
+
+class MachinePaymentMethods(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    machine_id: str
+    payment_methods: list[PaymentMethodOption]

@@ -1,24 +1,35 @@
 """``VendEngine``: the order state machine and the dispense loop.
 
-Orders move ``awaiting_payment -> paid -> dispensing -> completed | refund_pending`` (or
-``awaiting_payment -> cancelled``). Each machine dispenses one unit at a time: the engine asks the
-store for the next unit's command (persisted and signed in one transaction before it is ever
-published), publishes it, re-publishes the same bytes every ``dispense_resend_s`` until a result
-is recorded, and records ``unknown`` after ``dispense_give_up_s``. A unit never gets a second
-command id, so the motor runs at most once for it.
+Orders move ``awaiting_payment -> paid -> dispensing -> completed | partially_completed |
+failed`` (or ``awaiting_payment -> cancelled``). Each machine dispenses one unit at a time: the
+engine asks the store for the next unit's command (persisted and signed in one transaction
+before it is ever published), publishes it, re-publishes the same bytes every
+``dispense_resend_s`` until a result is recorded, and records ``unknown`` after
+``dispense_give_up_s``. A unit never gets a second command id, so the motor runs at most once
+for it.
+
+Electronic orders (``upi``, ``sandbox``) ask the cloud for a payment through the
+``gateway_payments`` circuit breaker (``contracts.breaker``): after
+``payments_breaker_failures`` failures or timeouts in a row it opens, and a UPI order is refused
+at once (created and cancelled with ``payment_unavailable``, nothing charged, cash offered)
+instead of waiting for a cloud that is not answering; ``payment_methods`` tells the kiosk
+beforehand which methods work now.
 """
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import NoReturn, Protocol
 
-from contracts.orders import PaymentMethod
-from contracts.sync import PaymentCreate
+from contracts.breaker import CircuitBreaker, CircuitOpen
+from contracts.orders import ELECTRONIC_METHODS, PaymentMethod
+from contracts.sync import PaymentCreate, PaymentIntent
 from edge.backoff import Backoff
 from edge.errors import CloudRejected, CloudUnavailable, DeviceLinkError, PaymentUnavailable
-from edge.metrics import GatewayMetrics
+from edge.metrics import BREAKER_STATE_VALUES, GatewayMetrics
 from edge.settings import GatewaySettings
 from edge.store import GatewayStore
 from edge.store.ledger import CANCEL_PAYMENT_UNAVAILABLE
@@ -26,6 +37,36 @@ from edge.store.views import NewOrder, OrderCapability, OrderView, PendingComman
 from edge.sync.ports import PaymentsPort
 
 log = logging.getLogger(__name__)
+
+PAYMENTS_BREAKER = "gateway_payments"
+
+# Why an electronic method cannot be used now (PaymentUnavailable.reason, payment_methods).
+OFFLINE = "offline"
+SERVICE_UNAVAILABLE = "payment_service_unavailable"
+NOT_ENABLED = "not_enabled"
+REFUSED = "refused"
+
+# Every message says what happened to the money (nothing was taken) and what still works (cash).
+_UNAVAILABLE_TEXT = {
+    OFFLINE: "UPI is unavailable: this machine has no connection to the payment service. "
+    "Nothing was charged; please pay with cash.",
+    SERVICE_UNAVAILABLE: "UPI is unavailable right now: the payment service is not answering. "
+    "Nothing was charged; please pay with cash.",
+    NOT_ENABLED: "UPI is not offered at this machine. Nothing was charged; please pay with cash.",
+    REFUSED: "The payment service refused this UPI payment. Nothing was charged; please pay "
+    "with cash.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MethodAvailability:
+    """Whether the kiosk can offer a payment method at a machine now, and if not why."""
+
+    method: PaymentMethod
+    available: bool
+    reason: str | None = None
+    message: str | None = None
+    retry_in_s: float | None = None
 
 
 class CommandSender(Protocol):
@@ -40,13 +81,41 @@ class VendEngine:
         sender: CommandSender,
         payments: PaymentsPort | None,
         metrics: GatewayMetrics,
+        *,
+        payments_ready: Callable[[], bool] | None = None,
     ) -> None:
+        """``payments_ready`` says whether the payments port can be asked at all now (the cloud
+        link is enrolled); a port that is not ready is "offline", not a breaker failure."""
         self._settings = settings
         self._store = store
         self._sender = sender
         self._payments = payments
+        self._payments_ready = payments_ready
         self._metrics = metrics
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self.payments_breaker = CircuitBreaker(
+            PAYMENTS_BREAKER,
+            failure_threshold=settings.payments_breaker_failures,
+            recovery_s=settings.payments_breaker_recovery_s,
+            call_timeout_s=settings.payments_call_timeout_s,
+            # A 4xx means the cloud answered: only "cannot reach / 5xx" (503
+            # provider_unavailable included) and timeouts count against it.
+            failure_types=(CloudUnavailable,),
+            on_change=self._breaker_changed,
+        )
+        metrics.breaker_state.labels(breaker=PAYMENTS_BREAKER).set(0)
+
+    @property
+    def breakers(self) -> tuple[CircuitBreaker, ...]:
+        return (self.payments_breaker,)
+
+    def _breaker_changed(self, name: str, old: str, new: str) -> None:
+        self._metrics.breaker_state.labels(breaker=name).set(BREAKER_STATE_VALUES[new])
+        self._metrics.breaker_transitions.labels(breaker=name, state=new).inc()
+        if new == "open":
+            log.warning("breaker %s opened: UPI is refused at once, cash still sold", name)
+        else:
+            log.info("breaker %s: %s -> %s", name, old, new)
 
     # --- orders --------------------------------------------------------------------------------
 
@@ -63,31 +132,99 @@ class VendEngine:
         if not created:
             return view, False
         self._metrics.orders_created.labels(payment_method=order.payment_method.value).inc()
-        if order.payment_method is PaymentMethod.SANDBOX:
+        if order.payment_method in ELECTRONIC_METHODS:
             view = await self._request_payment(view)
         return view, True
 
+    # --- payment methods -----------------------------------------------------------------------
+
+    async def payment_methods(self, machine_id: str) -> list[MethodAvailability]:
+        """What the kiosk may offer at ``machine_id`` now: cash always; UPI only when the
+        tenant enabled it, the cloud link is up and the payments breaker lets a call through;
+        the sandbox (tests) under the last two."""
+        policy = await self._store.money_policy(machine_id)
+        methods = [MethodAvailability(PaymentMethod.CASH, True)]
+        for method in (PaymentMethod.UPI, PaymentMethod.SANDBOX):
+            reason = self._unavailable(method, upi_enabled=policy.upi_enabled)
+            if reason is None:
+                methods.append(MethodAvailability(method, True))
+            else:
+                methods.append(
+                    MethodAvailability(
+                        method,
+                        False,
+                        reason,
+                        _UNAVAILABLE_TEXT[reason],
+                        self._retry_in(reason),
+                    )
+                )
+        return methods
+
+    def _unavailable(self, method: PaymentMethod, *, upi_enabled: bool) -> str | None:
+        if method is PaymentMethod.UPI and not upi_enabled:
+            return NOT_ENABLED
+        if self._payments is None or (
+            self._payments_ready is not None and not self._payments_ready()
+        ):
+            return OFFLINE
+        if not self.payments_breaker.allows():
+            return SERVICE_UNAVAILABLE
+        return None
+
+    def _retry_in(self, reason: str) -> float | None:
+        if reason != SERVICE_UNAVAILABLE:
+            return None
+        return round(self.payments_breaker.retry_in_s(), 3)
+
     async def _request_payment(self, view: OrderView) -> OrderView:
-        if self._payments is None:
-            await self._store.cancel_order(view.id, CANCEL_PAYMENT_UNAVAILABLE)
-            raise PaymentUnavailable("no cloud link: only cash is accepted offline")
+        """Ask the cloud for the order's payment, or cancel the order (stock released, nothing
+        charged) and raise ``PaymentUnavailable``: at once when the method cannot work now."""
+        method = view.payment_method
+        upi_enabled = True
+        if method is PaymentMethod.UPI:
+            upi_enabled = (await self._store.money_policy(view.machine_id)).upi_enabled
+        reason = self._unavailable(method, upi_enabled=upi_enabled)
+        if reason is not None:
+            await self._refuse(view, reason, fast=True)
+        assert self._payments is not None  # _unavailable said OFFLINE otherwise
+        payments = self._payments
         request = PaymentCreate(
             order_id=view.id,
             machine_id=view.machine_id,
             amount=view.total_amount,
             currency=view.currency,
-            method="sandbox",
+            method="upi" if method is PaymentMethod.UPI else "sandbox",
             idempotency_key=view.id,
         )
+
+        async def create() -> PaymentIntent:
+            return await payments.create_payment(request)
+
         try:
-            intent = await self._payments.create_payment(request)
-        except (CloudUnavailable, CloudRejected) as exc:
-            await self._store.cancel_order(view.id, CANCEL_PAYMENT_UNAVAILABLE)
-            raise PaymentUnavailable("the payment service cannot be reached") from exc
+            intent = await self.payments_breaker.call(create)
+        except CircuitOpen:
+            # Opened (or a half-open probe started) since the check above.
+            await self._refuse(view, SERVICE_UNAVAILABLE, fast=True)
+        except (CloudUnavailable, TimeoutError) as exc:
+            # A payment the cloud made after all is closed when it sees the order cancelled.
+            log.warning("order %s: no payment from the cloud: %r", view.id, exc)
+            await self._refuse(view, SERVICE_UNAVAILABLE, cause=exc)
+        except CloudRejected as exc:
+            log.warning("order %s: the cloud refused its payment: %s", view.id, exc)
+            await self._refuse(view, REFUSED, cause=exc)
         if intent.status == "failed" or intent.order_id != view.id:
-            await self._store.cancel_order(view.id, CANCEL_PAYMENT_UNAVAILABLE)
-            raise PaymentUnavailable("the payment service refused the payment")
+            await self._refuse(view, REFUSED)
         return await self._store.attach_payment(intent)
+
+    async def _refuse(
+        self, view: OrderView, reason: str, *, fast: bool = False, cause: Exception | None = None
+    ) -> NoReturn:
+        await self._store.cancel_order(view.id, CANCEL_PAYMENT_UNAVAILABLE)
+        if fast:
+            self._metrics.payments_refused_fast.labels(reason=reason).inc()
+        raise PaymentUnavailable(
+            _UNAVAILABLE_TEXT[reason], reason=reason, retry_in_s=self._retry_in(reason)
+        ) from cause
 
     async def cancel(self, order_id: str) -> OrderView:
         return await self._store.cancel_order(order_id)
@@ -179,4 +316,4 @@ class VendEngine:
             await self._store.changes.wait_order(command.order_id, seen, wait)
 
 
-__all__ = ["CommandSender", "VendEngine"]
+__all__ = ["PAYMENTS_BREAKER", "CommandSender", "MethodAvailability", "VendEngine"]
