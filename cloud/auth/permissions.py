@@ -21,6 +21,8 @@ class Permission(StrEnum):
     MACHINES_WRITE = "machines:write"
     ORDERS_READ = "orders:read"
     PAYMENTS_READ = "payments:read"
+    # The tenant's payment provider credentials and money policy: admins only.
+    PAYMENTS_SETTINGS = "payments:settings"
     # The login audit holds e-mails and client addresses: admins only.
     LOGINS_AUDIT = "audit:logins"
     # Dead letters hold raw events (customer names, phone numbers): not for viewers.
