@@ -7,6 +7,8 @@ stop order is the reverse (an ``AsyncExitStack``), so nothing outlives what it d
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,11 +37,19 @@ except ImportError:  # the cloud link is optional for a standalone (cash-only) g
 
 
 class Gateway:
-    def __init__(self, settings: GatewaySettings, *, payments: PaymentsPort | None = None) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        payments: PaymentsPort | None = None,
+        breaker_clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """``payments`` replaces the cloud link as the payment port (tests, tools); by default
-        the ``CloudLink`` is used when ``settings.cloud_url`` is set."""
+        the ``CloudLink`` is used when ``settings.cloud_url`` is set. ``breaker_clock`` drives
+        the payments breaker's recovery (tests step it instead of waiting)."""
         self.settings = settings
         self._payments_override = payments
+        self._breaker_clock = breaker_clock
         self.metrics = GatewayMetrics()
         self.store = GatewayStore(settings)
         self._stack = contextlib.AsyncExitStack()
@@ -128,7 +138,13 @@ class Gateway:
                 payments_ready = lambda: bool(cloud.status().get("enrolled"))  # noqa: E731
 
         self._engine = VendEngine(
-            settings, self.store, self._link, payments, self.metrics, payments_ready=payments_ready
+            settings,
+            self.store,
+            self._link,
+            payments,
+            self.metrics,
+            payments_ready=payments_ready,
+            breaker_clock=self._breaker_clock,
         )
         group = await stack.enter_async_context(asyncio.TaskGroup())
         stack.push_async_callback(self._cancel_tasks)  # runs before the group waits

@@ -11,6 +11,7 @@ from contracts.sync import (
     PaymentCreate,
     PaymentIntent,
     PaymentUpdate,
+    RefundUpdate,
     RejectedEvent,
     StateResponse,
 )
@@ -52,6 +53,10 @@ class SyncStore(Protocol):
         the order on; the vend engine is woken by the store's change notification."""
         ...
 
+    async def apply_refund_update(self, message_id: str, update: RefundUpdate) -> None:
+        """Record where a refund stands (idempotent by ``message_id``; final states stay)."""
+        ...
+
     async def wait_outbox(self, max_wait: float) -> None:
         """Return when new outbox events may be waiting, or after ``max_wait`` seconds."""
         ...
@@ -61,5 +66,8 @@ class PaymentsPort(Protocol):
     """How the vend engine asks the cloud for a payment (implemented by ``CloudLink``)."""
 
     async def create_payment(self, request: PaymentCreate) -> PaymentIntent:
-        """Raises ``edge.errors.CloudUnavailable`` or ``edge.errors.CloudRejected``."""
+        """Raises ``edge.errors.CloudUnavailable`` (unreachable, or a 5xx such as the cloud's
+        503 ``provider_unavailable`` while its own provider breaker is open: counted against the
+        gateway's ``gateway_payments`` breaker) or ``edge.errors.CloudRejected`` (a 4xx: the
+        cloud answered, not counted). The vend engine bounds the call with its own timeout."""
         ...

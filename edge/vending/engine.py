@@ -83,9 +83,11 @@ class VendEngine:
         metrics: GatewayMetrics,
         *,
         payments_ready: Callable[[], bool] | None = None,
+        breaker_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``payments_ready`` says whether the payments port can be asked at all now (the cloud
-        link is enrolled); a port that is not ready is "offline", not a breaker failure."""
+        link is enrolled); a port that is not ready is "offline", not a breaker failure.
+        ``breaker_clock`` drives the payments breaker's recovery (tests step it)."""
         self._settings = settings
         self._store = store
         self._sender = sender
@@ -101,6 +103,7 @@ class VendEngine:
             # A 4xx means the cloud answered: only "cannot reach / 5xx" (503
             # provider_unavailable included) and timeouts count against it.
             failure_types=(CloudUnavailable,),
+            clock=breaker_clock,
             on_change=self._breaker_changed,
         )
         metrics.breaker_state.labels(breaker=PAYMENTS_BREAKER).set(0)
