@@ -6,11 +6,17 @@ is reported back in ``PushAck.rejected``, while the rest of the batch is stored 
 high-water mark passes it. What is refused for the whole batch: a malformed envelope (400) and
 identity conflicts (409: a machine, order, event, command or credit id that belongs to another
 site, gateway or machine), so nothing of another sender is ever touched.
+
+Money events: a ``refund.request`` becomes a refund row (``cloud.payments.refunds`` sends it); a
+``credit.entry`` a row of the machine's credit ledger; a ``slot.state`` the slot's state as the
+gateway applied it. An order snapshot that ends an order asks for its unpaid QR code to be closed
+(``payments.close_state = 'pending'``) and, when a payment was captured for an order that ended
+without it, records the unserved refund (the same id the gateway uses, so one refund).
 """
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -21,22 +27,29 @@ from cloud.db import schema as t
 from cloud.db import sealed
 from cloud.db.times import utcnow
 from cloud.errors import Conflict, EventIdConflict, NotFound, ValidationFailed
+from cloud.payments.captures import refund_unserved
+from cloud.payments.refunds import SOURCE_GATEWAY, NewRefund, record_refund
 from cloud.sync import dead_letters
 from cloud.sync.dead_letters import (
     DeadLetterNotRetryable,
     DeadLetterStillFailing,
     Refusal,
 )
+from cloud.sync.hub import ChannelHub
 from cloud.sync.identity import Gateway, gateway_active
+from contracts.orders import TERMINAL_ORDER_STATUSES, RefundReason
 from contracts.sync import (
     MAX_BATCH,
     CashCreditRecord,
+    CreditEntry,
     DispenseRecord,
     InventoryChange,
     OrderSnapshot,
     OutboxEvent,
     PushAck,
+    RefundRequest,
     RejectedEvent,
+    SlotStateRecord,
 )
 
 log = logging.getLogger(__name__)
@@ -46,7 +59,13 @@ _PAYLOADS: dict[str, type[BaseModel]] = {
     "dispense.result": DispenseRecord,
     "cash.credit": CashCreditRecord,
     "inventory.changed": InventoryChange,
+    "refund.request": RefundRequest,
+    "credit.entry": CreditEntry,
+    "slot.state": SlotStateRecord,
 }
+# Refunds that give back a payment's own capture (not another provider payment's): together they
+# never exceed the payment.
+_OWN_REFUNDS = (RefundReason.UNDISPENSED.value, RefundReason.UNSERVED.value)
 
 _RETRIES = 3
 # The reason the gateway records when a dispense command got no result in time; only such a
@@ -87,6 +106,20 @@ class _EventRefused(Exception):
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.message)
         self.refusal = refusal
+
+
+class _EventUnapplicable(_EventRefused):
+    """A valid event the cloud cannot apply as sent (a refund of a payment it does not know, or
+    more than was paid): dead-lettered with this reason rather than a generic ``apply_failed``."""
+
+
+@dataclass
+class _Effects:
+    """What to do once the batch is committed: gateways with new channel messages, workers to
+    wake (a refund to send)."""
+
+    gateways: set[str] = field(default_factory=set)
+    workers: bool = False
 
 
 def _has_nul(data: Any) -> bool:
@@ -173,7 +206,9 @@ async def _check_machines(conn: AsyncConnection, gateway: Gateway, events: list[
         )
 
 
-async def _apply_order(conn: AsyncConnection, gateway: Gateway, order: OrderSnapshot) -> None:
+async def _apply_order(
+    conn: AsyncConnection, gateway: Gateway, order: OrderSnapshot, effects: _Effects
+) -> None:
     current = (
         await conn.execute(
             sa.select(t.orders.c.version, t.orders.c.site_id).where(t.orders.c.id == order.id)
@@ -194,6 +229,8 @@ async def _apply_order(conn: AsyncConnection, gateway: Gateway, order: OrderSnap
         "paid_amount": order.paid_amount,
         "currency": order.currency,
         "payment_id": order.payment_id,
+        "refund_amount": order.refund_amount,
+        "credit_amount": order.credit_amount,
         "customer_name": order.customer_name,
         "customer_phone": sealed.seal_phone(conn, order.id, order.customer_phone),
         "version": order.version,
@@ -226,6 +263,34 @@ async def _apply_order(conn: AsyncConnection, gateway: Gateway, order: OrderSnap
                 for item in order.items
             ],
         )
+    if order.status in TERMINAL_ORDER_STATUSES:
+        await _order_ended(conn, gateway, order, effects)
+
+
+async def _order_ended(
+    conn: AsyncConnection, gateway: Gateway, order: OrderSnapshot, effects: _Effects
+) -> None:
+    """The order is over: a QR code still payable for it is to be closed (the closer worker does
+    it), and money already captured for it that the order did not use goes back."""
+    query = sa.select(t.payments).where(
+        t.payments.c.order_id == order.id, t.payments.c.tenant_id == gateway.tenant_id
+    )
+    if conn.dialect.name == "postgresql":
+        # Locked like a capture locks it: whichever of the two commits second sees the other.
+        query = query.with_for_update()
+    for payment in (await conn.execute(query)).all():
+        if payment.status == "created" and payment.close_state is None:
+            await conn.execute(
+                t.payments.update()
+                .where(t.payments.c.id == payment.id, t.payments.c.close_state.is_(None))
+                .values(close_state="pending", updated_at=utcnow())
+            )
+            effects.workers = True
+        elif payment.status == "captured":
+            refund_id, woken = await refund_unserved(conn, payment)
+            if refund_id is not None:
+                effects.gateways.update(woken)
+                effects.workers = True
 
 
 async def _check_order(conn: AsyncConnection, gateway: Gateway, order_id: str | None) -> None:
@@ -294,11 +359,153 @@ async def _apply_credit(conn: AsyncConnection, gateway: Gateway, credit: CashCre
         await conn.execute(t.cash_credits.insert().values(**values))
 
 
-async def _apply(conn: AsyncConnection, gateway: Gateway, parsed: _Parsed) -> None:
+async def _apply_refund_request(
+    conn: AsyncConnection, gateway: Gateway, request: RefundRequest, effects: _Effects
+) -> None:
+    """The gateway decided money goes back: one refund per id (the cloud may have decided the
+    same unserved refund first), for a payment of this machine and order, never beyond it."""
+    await _check_order(conn, gateway, request.order_id)
+    existing = (
+        await conn.execute(
+            sa.select(t.refunds.c.tenant_id, t.refunds.c.machine_id).where(
+                t.refunds.c.id == request.refund_id
+            )
+        )
+    ).first()
+    if existing is not None:
+        if existing.tenant_id != gateway.tenant_id or existing.machine_id not in (
+            None,
+            request.machine_id,
+        ):
+            raise EventIdConflict(
+                f"refund_id {request.refund_id} is already stored for another machine",
+                details={"refund_id": request.refund_id},
+            )
+        return
+    payment = (
+        await conn.execute(
+            sa.select(t.payments).where(
+                t.payments.c.id == request.payment_id,
+                t.payments.c.tenant_id == gateway.tenant_id,
+            )
+        )
+    ).first()
+    if payment is None:
+        raise _EventUnapplicable(
+            Refusal(
+                "unknown_payment",
+                f"refund {request.refund_id}: the cloud has no payment {request.payment_id}; "
+                "nothing was refunded",
+            )
+        )
+    if (payment.machine_id, payment.order_id, payment.currency) != (
+        request.machine_id,
+        request.order_id,
+        request.currency,
+    ):
+        raise _EventUnapplicable(
+            Refusal(
+                "payment_mismatch",
+                f"refund {request.refund_id}: payment {payment.id} is for another machine, order "
+                "or currency; nothing was refunded",
+            )
+        )
+    already = await conn.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(t.refunds.c.amount), 0)).where(
+            t.refunds.c.payment_id == payment.id,
+            t.refunds.c.reason.in_(_OWN_REFUNDS),
+            t.refunds.c.status != "voided",
+        )
+    )
+    if int(already or 0) + request.amount > payment.amount:
+        raise _EventUnapplicable(
+            Refusal(
+                "refund_exceeds_payment",
+                f"refund {request.refund_id} of {request.amount} paise would bring payment "
+                f"{payment.id}'s refunds to more than its {payment.amount} paise; nothing was "
+                "refunded",
+            )
+        )
+    _, woken = await record_refund(
+        conn,
+        NewRefund(
+            id=request.refund_id,
+            tenant_id=gateway.tenant_id,
+            site_id=gateway.site_id,
+            machine_id=request.machine_id,
+            order_id=request.order_id,
+            payment_id=payment.id,
+            provider=payment.provider,
+            provider_payment_id=payment.provider_payment_id,
+            amount=request.amount,
+            currency=request.currency,
+            reason=request.reason,
+            source=SOURCE_GATEWAY,
+            hold=request.hold,
+        ),
+    )
+    effects.gateways.update(woken)
+    effects.workers = effects.workers or not request.hold
+
+
+async def _apply_credit_entry(
+    conn: AsyncConnection, gateway: Gateway, entry: CreditEntry, parsed: _Parsed
+) -> None:
+    await _check_order(conn, gateway, entry.order_id)
+    values = entry.model_dump() | {
+        "tenant_id": gateway.tenant_id,
+        "reason": entry.reason.value,
+        "occurred_at": parsed.event.occurred_at,
+        "received_at": utcnow(),
+    }
+    if await _existing(conn, t.credit_entries, "entry_id", values) is None:
+        await conn.execute(t.credit_entries.insert().values(**values))
+
+
+async def _apply_slot_state(
+    conn: AsyncConnection, gateway: Gateway, record: SlotStateRecord, parsed: _Parsed
+) -> None:
+    """The slot as the gateway now runs it. ``enable_rev`` does not move: that is the operator's
+    switch, and moving it here would make the gateway adopt its own report back."""
+    item = t.catalog_items
+    row = (
+        await conn.execute(
+            sa.select(item.c.enable_rev).where(
+                item.c.id == record.catalog_item_id, item.c.machine_id == record.machine_id
+            )
+        )
+    ).first()
+    if row is None:
+        log.info("slot.state for catalog item %s the cloud no longer has", record.catalog_item_id)
+        return
+    if 0 < record.enable_rev < row.enable_rev:
+        # An answer to an operator switch the operator has since changed again.
+        return
+    await conn.execute(
+        item.update()
+        .where(item.c.id == record.catalog_item_id, item.c.machine_id == record.machine_id)
+        .values(
+            enabled=record.enabled,
+            disabled_reason=None if record.enabled else record.reason,
+            disabled_at=None if record.enabled else parsed.event.occurred_at,
+            consecutive_failures=record.consecutive_failures,
+        )
+    )
+
+
+async def _apply(
+    conn: AsyncConnection, gateway: Gateway, parsed: _Parsed, effects: _Effects
+) -> None:
     payload = parsed.payload
     now = utcnow()
     if isinstance(payload, OrderSnapshot):
-        await _apply_order(conn, gateway, payload)
+        await _apply_order(conn, gateway, payload, effects)
+    elif isinstance(payload, RefundRequest):
+        await _apply_refund_request(conn, gateway, payload, effects)
+    elif isinstance(payload, CreditEntry):
+        await _apply_credit_entry(conn, gateway, payload, parsed)
+    elif isinstance(payload, SlotStateRecord):
+        await _apply_slot_state(conn, gateway, payload, parsed)
     elif isinstance(payload, DispenseRecord):
         await _apply_dispense(conn, gateway, payload)
     elif isinstance(payload, CashCreditRecord):
@@ -329,7 +536,12 @@ class _ApplyFailed(Exception):
 
 
 async def _apply_one(
-    conn: AsyncConnection, gateway: Gateway, parsed: _Parsed, *, isolate: bool = True
+    conn: AsyncConnection,
+    gateway: Gateway,
+    parsed: _Parsed,
+    effects: _Effects,
+    *,
+    isolate: bool = True,
 ) -> Refusal | None:
     """Apply one valid event. With ``isolate`` it runs in a savepoint, so its failure undoes
     only itself and is returned as a refusal; without, a failure raises ``_ApplyFailed`` (the
@@ -338,11 +550,16 @@ async def _apply_one(
     try:
         if isolate:
             async with conn.begin_nested():
-                await _apply(conn, gateway, parsed)
+                await _apply(conn, gateway, parsed, effects)
         else:
-            await _apply(conn, gateway, parsed)
+            await _apply(conn, gateway, parsed, effects)
     except Conflict:
         raise
+    except _EventUnapplicable as exc:
+        if not isolate:
+            raise _ApplyFailed from exc
+        log.warning("event %s not applied: %s", parsed.event.event_id, exc.refusal.message)
+        return exc.refusal
     except sa.exc.DBAPIError as exc:
         if not _is_data_error(exc):
             # Integrity races, locks, a lost connection: not this event's fault.
@@ -376,7 +593,12 @@ async def _insert_event(conn: AsyncConnection, gateway_id: str, event: OutboxEve
 
 
 async def _store(
-    conn: AsyncConnection, gateway: Gateway, items: list[_Parsed | _Refused], *, isolate: bool
+    conn: AsyncConnection,
+    gateway: Gateway,
+    items: list[_Parsed | _Refused],
+    effects: _Effects,
+    *,
+    isolate: bool,
 ) -> PushAck:
     parsed_events = [item for item in items if isinstance(item, _Parsed)]
     await _check_machines(conn, gateway, parsed_events)
@@ -407,7 +629,7 @@ async def _store(
             continue
         seen.add(event_id)
         if isinstance(item, _Parsed):
-            refused = await _apply_one(conn, gateway, item, isolate=isolate)
+            refused = await _apply_one(conn, gateway, item, effects, isolate=isolate)
             if refused is None:
                 await _insert_event(conn, gateway.id, item.event)
                 stored.append(event_id)
@@ -456,16 +678,26 @@ async def _advance(conn: AsyncConnection, gateway_id: str, high: int) -> int:
     return ack_seq
 
 
-async def store_batch(engine: AsyncEngine, gateway: Gateway, body: Any) -> PushAck:
+async def store_batch(
+    engine: AsyncEngine, gateway: Gateway, body: Any, hub: ChannelHub | None = None
+) -> PushAck:
     """Store a pushed batch (the JSON body as parsed): 400 for a malformed envelope, 409 for an
-    identity conflict, otherwise each event stored, deduplicated or dead-lettered."""
+    identity conflict, otherwise each event stored, deduplicated or dead-lettered. With ``hub``,
+    channel senders and workers with new work (refunds) are woken once it is committed; without,
+    their database polls find it."""
     items = _parse(read_envelope(body), body)
     isolate = False
     races = 0
     while True:
+        effects = _Effects()
         try:
             async with engine.begin() as conn:
-                return await _store(conn, gateway, items, isolate=isolate)
+                ack = await _store(conn, gateway, items, effects, isolate=isolate)
+            if hub is not None:
+                hub.wake(effects.gateways)
+                if effects.workers:
+                    hub.wake_workers()
+            return ack
         except _ApplyFailed:
             if isolate:
                 raise AssertionError("an isolated run never raises _ApplyFailed") from None
@@ -564,7 +796,7 @@ async def _retry_apply(conn: AsyncConnection, gateway: Gateway, payload: str) ->
         # In a savepoint: a conflict refuses this retry, and the letter still records it.
         async with conn.begin_nested():
             await _check_machines(conn, gateway, [parsed])
-            refused = await _apply_one(conn, gateway, parsed)
+            refused = await _apply_one(conn, gateway, parsed, _Effects())
     except Conflict as exc:
         return Refusal(exc.code, exc.message)
     if refused is None:
