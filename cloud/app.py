@@ -20,9 +20,22 @@ from cloud.errors import ConfigurationError
 from cloud.http.middleware import envelope_middleware
 from cloud.http.openapi import build_openapi
 from cloud.http.registry import Api, Endpoint
+from cloud.payments.closer import run_close_worker
+from cloud.payments.poller import run_poll_worker
+from cloud.payments.registry import ProviderRegistry
 from cloud.payments.sandbox import SandboxProvider, run_capture_worker
 from cloud.pki import CertificateAuthority
-from cloud.routes import auth, claims, gateways, machines, orders, sites, users
+from cloud.routes import (
+    auth,
+    claims,
+    gateways,
+    machines,
+    orders,
+    payment_settings,
+    reports,
+    sites,
+    users,
+)
 from cloud.settings import CloudSettings
 from cloud.storage import prepare_storage
 from cloud.sync import channel, dead_letter_routes
@@ -40,6 +53,8 @@ PUBLIC_APIS: tuple[Api, ...] = (
     orders.api,
     claims.api,
     dead_letter_routes.api,
+    payment_settings.api,
+    reports.api,
 )
 SYNC_APIS: tuple[Api, ...] = (sync_routes.api, channel.api)
 OPENAPI = web.AppKey("openapi", dict)
@@ -56,6 +71,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     try:
         await upgrade(engine)
         keyed = await _sealing_engine(settings, engine)
+        sandbox = SandboxProvider(settings.sandbox_approve_delay_s, settings.payment_expiry_s)
         app[CONTEXT] = CloudContext(
             settings=settings,
             engine=keyed,
@@ -63,7 +79,8 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             access_tokens=AccessTokens(KeySource(settings), settings.access_token_ttl_s),
             ca=await asyncio.to_thread(CertificateAuthority.load_or_create, settings.data_dir),
             hub=ChannelHub(),
-            payments=SandboxProvider(settings.sandbox_approve_delay_s, settings.payment_expiry_s),
+            payments=sandbox,
+            providers=ProviderRegistry(settings, sandbox),
             sync_url=settings.sync_public_url
             or f"https://{settings.sync_host}:{settings.sync_port}",
         )
@@ -71,6 +88,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     finally:
         if CONTEXT in app:
             app[CONTEXT].passwords.close()
+            await app[CONTEXT].providers.aclose()
         await engine.dispose()
 
 
@@ -88,14 +106,38 @@ async def _sealing_engine(settings: CloudSettings, engine: AsyncEngine) -> Async
 
 async def _workers(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CONTEXT]
-    task = asyncio.create_task(
-        run_capture_worker(ctx.engine, ctx.hub, ctx.settings.worker_poll_interval_s),
-        name="sandbox-capture",
-    )
+    tasks = [
+        asyncio.create_task(
+            run_capture_worker(ctx.engine, ctx.hub, ctx.settings.worker_poll_interval_s),
+            name="sandbox-capture",
+        ),
+        asyncio.create_task(run_close_worker(ctx), name="provider-qr-close"),
+        asyncio.create_task(run_poll_worker(ctx), name="provider-poll"),
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _health(request: web.Request) -> web.Response:
+    """Liveness plus each tenant's payment-provider circuit breaker (no secrets: tenant ids
+    are already in the webhook URLs given to the provider)."""
+    breakers = request.app[CONTEXT].providers.breakers()
+    states = [str(b["state"]) for b in breakers.values()]
+    return web.json_response(
+        {
+            "status": "ok",
+            "payment_providers": {
+                "open": states.count("open"),
+                "half_open": states.count("half_open"),
+                "closed": states.count("closed"),
+                "breakers": breakers,
+            },
+        }
+    )
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -115,6 +157,7 @@ def create_app(settings: CloudSettings) -> web.Application:
     for api in PUBLIC_APIS:
         api.register(app)
     app.router.add_get("/api/v1/openapi.json", _openapi)
+    app.router.add_get("/health", _health)
     return app
 
 

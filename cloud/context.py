@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cloud.auth.passwords import Passwords
 from cloud.auth.tokens import AccessTokens
 from cloud.payments.provider import PaymentProvider
+from cloud.payments.registry import ProviderRegistry
 from cloud.pki import CertificateAuthority
 from cloud.settings import CloudSettings
 from cloud.sync.hub import ChannelHub
@@ -22,7 +23,11 @@ class CloudContext:
     access_tokens: AccessTokens
     ca: CertificateAuthority
     hub: ChannelHub
+    # The sandbox provider (payment method "sandbox").
     payments: PaymentProvider
+    # Each tenant's provider for payment method "upi", behind its circuit breaker
+    # (cloud.payments.registry.provider_for).
+    providers: ProviderRegistry
     # Set once the sync listener is bound (see CloudServer); enrolment hands it to gateways.
     sync_url: str
 

@@ -90,6 +90,8 @@ class CloudSettings(BaseSettings):
     razorpay_poll_grace_s: float = Field(default=600.0, ge=0)
     # Closing a QR code of an order that ended unpaid: tries before close_state 'failed'.
     provider_close_attempts: int = Field(default=8, ge=1)
+    provider_close_backoff_base_s: float = Field(default=2.0, gt=0)
+    provider_close_backoff_max_s: float = Field(default=300.0, gt=0)
     # Each tenant's provider sits behind a circuit breaker (contracts.breaker): after this many
     # failures or timeouts in a row payment creation answers 503 provider_unavailable at once,
     # and after ``provider_breaker_recovery_s`` one probe call is let through.

@@ -18,7 +18,7 @@ from cloud.db import schema as t
 from cloud.db.engine import is_sqlite
 from cloud.db.times import as_utc, utcnow
 from cloud.errors import IntegrationFailed
-from cloud.payments.provider import PaymentRequest, ProviderPayment, ProviderRefund
+from cloud.payments.provider import PaymentRequest, ProviderPayment, ProviderRefund, QrPayments
 from cloud.sync.hub import ChannelHub
 from cloud.sync.outbox import enqueue, site_gateways
 from contracts.sync import PaymentUpdate
@@ -50,11 +50,27 @@ class SandboxProvider:
             approve_at=now + timedelta(seconds=self._delay),
         )
 
-    async def refund(self, payment_id: str, amount: int, idempotency_key: str) -> ProviderRefund:
-        raise IntegrationFailed("refunds arrive with a later release")
+    async def close(self, provider_ref: str) -> None:
+        """Nothing to close: a sandbox payment the order gave up on is simply never shown."""
 
-    async def parse_webhook(self, raw_body: bytes, headers: dict[str, str]) -> dict[str, object]:
-        raise IntegrationFailed("the sandbox sends no webhooks")
+    async def lookup(self, provider_ref: str) -> ProviderPayment:
+        raise IntegrationFailed("the sandbox keeps no payments of its own")
+
+    async def refund(
+        self,
+        refund_id: str,
+        provider_payment_id: str | None,
+        amount: int,
+        *,
+        order_id: str | None = None,
+    ) -> ProviderRefund:
+        # No money moved, so the refund is done at once: sandbox orders go through the same
+        # refund states as real ones.
+        return ProviderRefund(provider_refund_id=f"sbx_{refund_id}", status="processed")
+
+    async def payments_of(self, provider_ref: str) -> QrPayments:
+        # Captures happen in capture_due; there is nothing to poll.
+        return QrPayments(qr_code={"id": provider_ref, "status": "active"})
 
 
 async def capture_due(engine: AsyncEngine, hub: ChannelHub, batch: int = 50) -> int:

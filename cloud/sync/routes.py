@@ -1,19 +1,25 @@
 """The mTLS sync API a gateway calls: push events, pull state, create payments."""
 
+import logging
 import uuid
+from datetime import timedelta
 from typing import Annotated, Any
 
 import sqlalchemy as sa
 from pydantic import Field, StrictInt
 
+from cloud.context import CloudContext
 from cloud.db import schema as t
 from cloud.db import sealed
 from cloud.db.machines import catalogs
 from cloud.db.times import as_utc, utcnow
-from cloud.errors import Conflict
+from cloud.errors import CloudError, Conflict
 from cloud.http.registry import Api, Call, read_json
 from cloud.models.common import MAX_SAFE_INT, Input
-from cloud.payments.provider import PaymentRequest
+from cloud.payments.provider import PaymentProvider, PaymentRequest
+from cloud.payments.registry import provider_for
+from cloud.payments.sandbox import SANDBOX
+from cloud.routes.payment_settings import money_policy
 from cloud.sync.events import store_batch
 from cloud.sync.identity import authenticate_gateway
 from contracts.numbers import QUERY_INTEGER
@@ -28,6 +34,7 @@ from contracts.sync import (
     StateResponse,
 )
 
+log = logging.getLogger(__name__)
 api = Api(SYNC_PREFIX)
 TAG = "sync"
 _CATALOG_FIELDS = list(CatalogItemState.model_fields)
@@ -76,6 +83,11 @@ async def pull_state(call: Call) -> StateResponse:
             )
         ).all()
         items = await catalogs(conn, [r.id for r in rows])
+        # A site belongs to one tenant, but each machine names its own: ask per tenant once.
+        policies = {
+            tenant_id: await money_policy(conn, tenant_id)
+            for tenant_id in sorted({r.tenant_id for r in rows})
+        }
     machines = [
         MachineState(
             id=r.id,
@@ -88,6 +100,7 @@ async def pull_state(call: Call) -> StateResponse:
             command_key=sealed.open_command_key(call.ctx.engine, r.id, r.command_key),
             currency=r.currency,
             config=r.config or {},
+            money_policy=policies[r.tenant_id],
             catalog=[
                 CatalogItemState.model_validate({k: i[k] for k in _CATALOG_FIELDS})
                 for i in items.get(r.id, [])
@@ -99,7 +112,7 @@ async def pull_state(call: Call) -> StateResponse:
     return StateResponse(cursor=max([cursor, *(m.version for m in machines)]), machines=machines)
 
 
-def _intent(row: Any) -> PaymentIntent:
+def _intent(row: Any, image_url: str | None = None) -> PaymentIntent:
     return PaymentIntent(
         payment_id=row.id,
         order_id=row.order_id,
@@ -109,7 +122,20 @@ def _intent(row: Any) -> PaymentIntent:
         currency=row.currency,
         qr_payload=row.qr_payload,
         expires_at=as_utc(row.expires_at) if row.expires_at is not None else None,
+        provider_ref=row.provider_ref,
+        image_url=image_url,
     )
+
+
+async def _replayed_intent(ctx: CloudContext, row: Any) -> PaymentIntent:
+    """A replay's answer. A QR code without a UPI URI is shown by its image, whose address is
+    not stored: it is asked of the provider again (replays are rare: a lost answer)."""
+    if row.qr_payload is not None or row.provider_ref is None or row.status != "created":
+        return _intent(row)
+    if row.provider == SANDBOX:
+        return _intent(row)
+    provider = await provider_for(ctx, row.tenant_id, "upi")
+    return _intent(row, (await provider.lookup(row.provider_ref)).image_url)
 
 
 @api.route(
@@ -121,6 +147,9 @@ def _intent(row: Any) -> PaymentIntent:
     response=PaymentIntent,
     status=201,
     public=True,
+    # 409: another payment's key, a machine elsewhere, no provider for the method;
+    # 502 provider_rejected; 503 provider_unavailable (down, or its breaker open: at once).
+    errors=(409, 502, 503),
 )
 async def create_payment(call: Call) -> PaymentIntent:
     gateway = await authenticate_gateway(call.request, call.ctx)
@@ -137,18 +166,19 @@ async def create_payment(call: Call) -> PaymentIntent:
                 )
             ).first()
 
-    def same_request(row: Any) -> PaymentIntent:
-        if (row.gateway_id, row.order_id, row.amount, row.currency) != (
+    async def same_request(row: Any) -> PaymentIntent:
+        if (row.gateway_id, row.order_id, row.amount, row.currency, _method_of(row.provider)) != (
             gateway.id,
             body.order_id,
             body.amount,
             body.currency,
+            body.method,
         ):
             raise Conflict("idempotency key reused for a different payment")
-        return _intent(row)
+        return await _replayed_intent(call.ctx, row)
 
     if (row := await existing()) is not None:
-        return same_request(row)
+        return await same_request(row)
     async with engine.connect() as conn:
         machine = (
             await conn.execute(
@@ -161,12 +191,18 @@ async def create_payment(call: Call) -> PaymentIntent:
         raise Conflict("the machine is not at this gateway's site")
     if machine.status != "active":
         raise Conflict("the machine is decommissioned")
-    provider = call.ctx.payments
+    # Raises ProviderNotConfigured (409) for "upi" when the tenant has no provider.
+    provider = await provider_for(call.ctx, gateway.tenant_id, body.method)
     payment_id = str(uuid.uuid4())
-    created = await provider.create(
-        PaymentRequest(payment_id, body.order_id, body.amount, body.currency)
-    )
     now = utcnow()
+    expires_at = now + timedelta(seconds=call.ctx.settings.payment_expiry_s)
+    # ProviderUnavailable (503, at once while the tenant's breaker is open) and
+    # ProviderRejected (502) reach the gateway as they are: no payment row, nothing charged.
+    created = await provider.create(
+        PaymentRequest(
+            payment_id, body.order_id, body.machine_id, body.amount, body.currency, expires_at
+        )
+    )
     try:
         async with engine.begin() as conn:
             await conn.execute(
@@ -194,9 +230,25 @@ async def create_payment(call: Call) -> PaymentIntent:
                 await conn.execute(sa.select(t.payments).where(t.payments.c.id == payment_id))
             ).one()
     except sa.exc.IntegrityError:
-        # The same key raced in from a retry; answer with the winner.
+        # The same key raced in from a retry; answer with the winner, and close the QR code
+        # this request opened: it was never shown to anyone.
         if (row := await existing()) is None:
             raise
-        return same_request(row)
+        if created.provider_ref is not None and created.provider_ref != row.provider_ref:
+            await _close_unshown(provider, created.provider_ref)
+        return await same_request(row)
     call.ctx.hub.wake_workers()
-    return _intent(row)
+    return _intent(row, created.image_url)
+
+
+def _method_of(provider: str) -> str:
+    return "sandbox" if provider == SANDBOX else "upi"
+
+
+async def _close_unshown(provider: PaymentProvider, provider_ref: str) -> None:
+    try:
+        await provider.close(provider_ref)
+    except CloudError as exc:
+        log.warning(
+            "QR code %s of a lost race not closed (%s); closes at close_by", provider_ref, exc
+        )
