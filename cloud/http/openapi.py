@@ -57,6 +57,8 @@ def build_openapi(endpoints: list[Endpoint], title: str, version: str) -> dict[s
             str(ep.status): oa.success_response(data),
             **oa.error_responses(error_statuses(ep)),
         }
+        for media in ep.alt_content:
+            op["responses"][str(ep.status)]["content"][media] = {"schema": {"type": "string"}}
         if not ep.public:
             op["security"] = [{"bearerAuth": []}]
         paths.setdefault(ep.path, {})[ep.method.lower()] = op

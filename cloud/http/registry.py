@@ -71,6 +71,8 @@ class Endpoint:
     # Error statuses besides those the route's shape implies (400; 401/403 unless public; 404
     # with path parameters), e.g. (409,). None: not declared, the document lists a broad set.
     errors: tuple[int, ...] | None = None
+    # Other media types the success response may take (a report's CSV download).
+    alt_content: tuple[str, ...] = ()
 
 
 @dataclass
@@ -94,6 +96,7 @@ class Api:
         public: bool = False,
         errors: tuple[int, ...] | None = None,
         raw_body: bool = False,
+        alt_content: tuple[str, ...] = (),
     ) -> Callable[[Handler], Handler]:
         def decorate(handler: Handler) -> Handler:
             self.endpoints.append(
@@ -112,6 +115,7 @@ class Api:
                     public=public,
                     errors=errors,
                     raw_body=raw_body,
+                    alt_content=alt_content,
                 )
             )
             return handler
