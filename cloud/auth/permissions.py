@@ -27,13 +27,16 @@ class Permission(StrEnum):
     LOGINS_AUDIT = "audit:logins"
     # Dead letters hold raw events (customer names, phone numbers): not for viewers.
     SYNC_DEAD_LETTERS = "sync:dead-letters"
+    # Retrying a refund or settling it by hand (audit-logged): operators and admins.
+    REFUNDS_WRITE = "refunds:write"
 
 
 _READ = frozenset(p for p in Permission if p.value.endswith(":read"))
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.OPERATOR: _READ | {Permission.MACHINES_WRITE, Permission.SYNC_DEAD_LETTERS},
+    Role.OPERATOR: _READ
+    | {Permission.MACHINES_WRITE, Permission.SYNC_DEAD_LETTERS, Permission.REFUNDS_WRITE},
     Role.VIEWER: _READ,
 }
 
