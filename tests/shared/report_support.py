@@ -236,6 +236,9 @@ class Ledger:
         provider: str = "razorpay",
     ) -> str:
         async with self.cloud.engine.begin() as conn:
+            # The cloud may have decided this refund itself already (same deterministic id):
+            # then it is given the state the test wants.
+            await conn.execute(t.refunds.delete().where(t.refunds.c.id == refund_id))
             await conn.execute(
                 t.refunds.insert().values(
                     id=refund_id,
