@@ -56,11 +56,20 @@ async def _payment_methods(request: web.Request, machine_id: str) -> list[Paymen
 
 
 async def list_machines(request: web.Request) -> web.Response:
-    machines = await request.app[keys.STORE].list_machines()
-    listed = [
-        PublicMachine(**m.model_dump(), payment_methods=await _payment_methods(request, m.id))
-        for m in machines
-    ]
+    store = request.app[keys.STORE]
+    listed = []
+    for machine in await store.list_machines():
+        catalog = await store.catalog(machine.id)
+        # A machine sells in one currency (its catalog's); INR is the contract's default.
+        currency = catalog[0].currency if catalog else "INR"
+        listed.append(
+            PublicMachine(
+                **machine.model_dump(),
+                payment_methods=await _payment_methods(request, machine.id),
+                machine_credit=await store.machine_credit(machine.id, currency),
+                currency=currency,
+            )
+        )
     return ok([m.model_dump(mode="json") for m in listed])
 
 

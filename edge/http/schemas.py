@@ -173,6 +173,14 @@ class PublicMachine(MachineView):
     """A machine as the kiosk API lists it, with the payment methods that work there now."""
 
     payment_methods: list[PaymentMethodOption]
+    machine_credit: Annotated[
+        int,
+        Field(
+            description="Free cash credit on the machine (cancelled orders' coins, overpayment, "
+            "undispensed cash units), in minor units: it pays the next cash order there"
+        ),
+    ] = 0
+    currency: str = "INR"
 
 
 class MachinePaymentMethods(BaseModel):

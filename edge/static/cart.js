@@ -14,6 +14,7 @@ export class Cart {
   }
 
   limit(item) {
+    if (item.enabled === false) return 0; // out of service: not sold until re-enabled
     return Math.max(0, Math.min(MAX_PER_ITEM, item.quantity));
   }
 

@@ -2,7 +2,15 @@
 
 import { api, ApiError, NetworkError, newIdempotencyKey } from "/static/api.js";
 import { Cart } from "/static/cart.js";
-import { ITEM_LABELS, STATUS_LABELS, errorMessage, orderMessage } from "/static/messages.js";
+import {
+  ITEM_LABELS,
+  STATUS_LABELS,
+  creditMessage,
+  errorMessage,
+  isElectronic,
+  moneyNotes,
+  orderMessage,
+} from "/static/messages.js";
 import { formatMoney } from "/static/money.js";
 import { TERMINAL, watchOrder } from "/static/order_watch.js";
 
@@ -13,6 +21,8 @@ const ORDER_KEY = "kiosk.order";
 const IDLE_RETURN_MS = 90000; // back to the menu after a finished order nobody closes
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
+
+const METHOD_LABELS = { cash: "Cash", upi: "UPI", sandbox: "UPI (sandbox)" };
 
 const state = {
   machines: [],
@@ -182,8 +192,40 @@ async function loadCatalog({ quiet = false } = {}) {
   if (lowered.length > 0 && !quiet) {
     showNotice(`Updated to what is left: ${lowered.join(", ")}.`);
   }
+  if (state.method !== null && !offered(state.method)) state.method = null;
   renderHeader();
   renderShop();
+}
+
+// --- payment methods ---------------------------------------------------------------------------
+
+function methodState(method) {
+  const methods = (state.machine && state.machine.payment_methods) || [];
+  return methods.find((m) => m.method === method) || null;
+}
+
+// Which buttons the cart shows: cash always; UPI while the gateway says it works (the tenant has
+// it, the cloud link is up, the payments breaker is closed); the sandbox only at sites without
+// real UPI (tests, the sandbox demo).
+function offered(method) {
+  if (method === "cash") return true;
+  const entry = methodState(method);
+  if (!entry || !entry.available) return false;
+  if (method === "sandbox") {
+    const upi = methodState("upi");
+    return !upi || upi.reason === "not_enabled";
+  }
+  return true;
+}
+
+// Why no UPI button: said when the machine would take UPI but cannot now (not when the tenant
+// simply has no UPI).
+function upiUnavailableText() {
+  if (offered("upi") || offered("sandbox")) return null;
+  const upi = methodState("upi");
+  const sandbox = methodState("sandbox");
+  const down = [upi, sandbox].find((m) => m && !m.available && m.reason !== "not_enabled");
+  return down ? down.message || "UPI is unavailable right now. Please pay with cash." : null;
 }
 
 function startCatalogRefresh() {
@@ -199,15 +241,20 @@ function stopCatalogRefresh() {
 function tile(item) {
   const inCart = state.cart.quantity(item.id);
   const limit = state.cart.limit(item);
-  const soldOut = item.quantity <= 0;
-  const atLimit = !soldOut && inCart >= limit;
+  const outOfService = item.enabled === false;
+  const soldOut = !outOfService && item.quantity <= 0;
+  const atLimit = !soldOut && !outOfService && inCart >= limit;
+  let stateClass = soldOut ? " sold-out" : "";
+  if (outOfService) stateClass = " out-of-service";
+  let qtyText = soldOut ? "Sold out" : `${item.quantity} left`;
+  if (outOfService) qtyText = "Out of service";
   return el(
     "button",
     {
       type: "button",
-      className: `tile${soldOut ? " sold-out" : ""}${inCart ? " in-cart" : ""}`,
+      className: `tile${stateClass}${inCart ? " in-cart" : ""}`,
       testid: `tile-${item.id}`,
-      disabled: soldOut || atLimit,
+      disabled: soldOut || outOfService || atLimit,
       onClick: () => {
         if (state.cart.add(item)) renderShop();
       },
@@ -221,7 +268,7 @@ function tile(item) {
     el(
       "span",
       { className: "tile-qty", testid: `tile-qty-${item.id}` },
-      soldOut ? "Sold out" : `${item.quantity} left`,
+      qtyText,
     ),
     inCart ? el("span", { className: "tile-badge" }, atLimit ? `${inCart} · max` : `${inCart}`) : null,
   );
@@ -297,8 +344,15 @@ function renderShop() {
   const total = formatMoney(cart.total(), cart.currency());
   $("cart-total").textContent = total;
   for (const button of document.querySelectorAll(".pay [data-method]")) {
+    button.hidden = !offered(button.dataset.method);
     button.setAttribute("aria-pressed", String(button.dataset.method === state.method));
   }
+  const unavailable = upiUnavailableText();
+  $("upi-unavailable").textContent = unavailable || "";
+  $("upi-unavailable").hidden = unavailable === null;
+  const credit = state.machine ? state.machine.machine_credit || 0 : 0;
+  $("shop-credit").hidden = !(credit > 0);
+  if (credit > 0) $("shop-credit").textContent = creditMessage(credit, state.machine.currency);
   const checkout = $("checkout");
   checkout.disabled = state.busy || cart.size === 0 || state.method === null;
   if (state.busy) checkout.textContent = "Placing order…";
@@ -333,7 +387,13 @@ async function checkout() {
     const retryable = err instanceof NetworkError;
     if (!retryable) state.attempt = null;
     showError(err, { retry: retryable ? checkout : null });
-    if (err instanceof ApiError && ["insufficient_stock", "unknown_item"].includes(err.code)) {
+    if (
+      err instanceof ApiError &&
+      ["insufficient_stock", "unknown_item", "slot_disabled", "payment_unavailable"].includes(
+        err.code,
+      )
+    ) {
+      // Stock, slots or payment methods changed: show what works now (UPI hidden, cash kept).
       await loadCatalog({ quiet: true });
     }
   } finally {
@@ -397,19 +457,32 @@ function renderOrder(order) {
   $("cash-paid").textContent = formatMoney(paid, order.currency);
   $("cash-remaining").textContent = formatMoney(remaining, order.currency);
 
-  const upi = awaiting && order.payment_method === "sandbox";
+  const upi = awaiting && isElectronic(order);
   $("upi-panel").hidden = !upi;
   if (upi) {
     $("upi-amount").textContent = formatMoney(total, order.currency);
-    const payload = order.payment && order.payment.qr_payload;
-    $("upi-payload").textContent = payload || "Preparing payment…";
+    const payment = order.payment || {};
+    // The gateway draws the UPI URI as a QR code; only without one is the provider's hosted QR
+    // image shown.
+    const payload = payment.upi_uri || payment.qr_payload || null;
+    const image = payload ? api.qrUrl(order.id) : payment.image_url || null;
+    $("upi-payload").textContent = payload || (image ? "" : "Preparing payment…");
     const qr = $("upi-qr");
-    qr.hidden = !payload;
-    if (payload && !qr.getAttribute("src")) qr.src = api.qrUrl(order.id);
+    qr.hidden = !image;
+    if (image && qr.getAttribute("src") !== image) qr.src = image;
   }
 
+  $("money-notes").replaceChildren(
+    ...moneyNotes(order).map((note) =>
+      el("li", { className: note.tone === "warn" ? "warn" : "", testid: "money-note" }, note.text),
+    ),
+  );
+  const credit = order.machine_credit || 0;
+  $("order-credit").hidden = !(terminal && credit > 0);
+  $("order-credit").textContent = credit > 0 ? creditMessage(credit, order.currency) : "";
+
   $("order-items").replaceChildren(...order.items.map((item) => orderItem(item, terminal)));
-  const method = order.payment_method === "cash" ? "Cash" : "UPI (sandbox)";
+  const method = METHOD_LABELS[order.payment_method] || order.payment_method;
   $("order-ref").textContent =
     `Order ${order.id} · ${formatMoney(total, order.currency)} · ${method}`;
   $("cancel-order").hidden = !awaiting;
@@ -453,6 +526,7 @@ async function newOrder() {
 function bind() {
   for (const button of document.querySelectorAll(".pay [data-method]")) {
     button.addEventListener("click", () => {
+      if (!offered(button.dataset.method)) return;
       state.method = button.dataset.method;
       renderShop();
     });

@@ -24,8 +24,28 @@ export const ITEM_LABELS = {
   not_dispensed: "not dispensed",
 };
 
+const ELECTRONIC = new Set(["upi", "sandbox"]);
+
+export function isElectronic(order) {
+  return ELECTRONIC.has(order.payment_method);
+}
+
+// Cash an order gave back to the machine credit: its own figure, or (orders from before it was
+// recorded) the coins a cancelled cash order had taken.
+function cashKept(order) {
+  if (order.credit_amount > 0) return order.credit_amount;
+  return order.status === "cancelled" && order.payment_method === "cash" ? order.paid_amount : 0;
+}
+
+function keptAsCredit(amount, currency) {
+  return `${formatMoney(amount, currency)} is kept as credit on this machine for your next purchase.`;
+}
+
+// The headline under the status. Every sentence about money says what happened to it; a refund
+// is mentioned only when one exists (order.refunds), with where it stands (moneyNotes).
 export function orderMessage(order) {
-  const paid = formatMoney(order.paid_amount, order.currency);
+  const kept = cashKept(order);
+  const refunds = order.refunds || [];
   switch (order.status) {
     case "awaiting_payment":
       return order.payment_method === "cash"
@@ -38,18 +58,64 @@ export function orderMessage(order) {
     case "completed":
       return "Enjoy!";
     case "partially_completed":
-    case "refund_pending":
-      return "Some items could not be dispensed; a refund is on its way.";
     case "failed":
-      return "Your items could not be dispensed; a refund is on its way.";
+    case "refund_pending": {
+      const what =
+        order.status === "failed"
+          ? "Your items could not be dispensed."
+          : "Some items could not be dispensed.";
+      if (kept > 0) return `${what} ${keptAsCredit(kept, order.currency)}`;
+      if (refunds.length > 0) return what; // each refund is listed below with its state
+      return `${what} No refund has been recorded for them yet: please show the order number below to the operator.`;
+    }
     case "cancelled":
-      if (order.payment_method === "cash" && order.paid_amount > 0) {
-        return `Order cancelled. The ${paid} you inserted stays as credit for your next order.`;
+      if (kept > 0) return `Order cancelled. ${keptAsCredit(kept, order.currency)}`;
+      if (refunds.length > 0) return "Order cancelled.";
+      if (isElectronic(order) && order.paid_amount > 0) {
+        return "Order cancelled. Your payment has not been refunded yet: please show the order number below to the operator.";
       }
       return "Order cancelled. Nothing was charged.";
     default:
       return "";
   }
+}
+
+// One line per refund, in words that match its status.
+export function refundNote(refund, currency) {
+  const amount = formatMoney(refund.amount, currency);
+  switch (refund.status) {
+    case "pending":
+      return { text: `${amount} is being refunded to your UPI account (refund requested).`, tone: "info" };
+    case "refunded":
+      return { text: `${amount} has been refunded to your UPI account.`, tone: "info" };
+    case "failed":
+    case "manual_review":
+      return {
+        text: `The refund of ${amount} to your UPI account needs review by the operator; it has not been paid yet.`,
+        tone: "warn",
+      };
+    case "voided":
+      return { text: `The operator closed the ${amount} refund: no UPI refund was made.`, tone: "warn" };
+    default:
+      return { text: `Refund of ${amount}: ${refund.status}.`, tone: "warn" };
+  }
+}
+
+// Every other true fact about this order's money, each a line: refunds, overpayment.
+export function moneyNotes(order) {
+  const notes = (order.refunds || []).map((refund) => refundNote(refund, order.currency));
+  if (order.overpaid_amount > 0) {
+    const extra = formatMoney(order.overpaid_amount, order.currency);
+    notes.push({
+      text: `You paid ${extra} more than the total: it is kept as credit on this machine for your next purchase.`,
+      tone: "info",
+    });
+  }
+  return notes;
+}
+
+export function creditMessage(amount, currency) {
+  return `Credit on this machine: ${formatMoney(amount, currency)}. It is used for your next cash purchase here.`;
 }
 
 function stockMessage(details, names) {
@@ -76,8 +142,21 @@ export function errorMessage(err, names = new Map()) {
   switch (err.code) {
     case "insufficient_stock":
       return stockMessage(err.details, names);
-    case "payment_unavailable":
-      return "UPI payment is not available right now. Please pay with cash.";
+    case "payment_unavailable": {
+      const reason = err.details && err.details.reason;
+      if (reason === "not_enabled") {
+        return "UPI is not offered at this machine. Nothing was charged. Please pay with cash.";
+      }
+      if (reason === "offline") {
+        return "UPI payment is not available right now: this machine has no connection to the payment service. Nothing was charged. Please pay with cash.";
+      }
+      return "UPI payment is not available right now. Nothing was charged. Please pay with cash.";
+    }
+    case "slot_disabled": {
+      const id = err.details && err.details.id;
+      const name = (id && names.get(id)) || "One of the products";
+      return `${name} is out of service at this machine. Nothing was charged. The menu has been refreshed.`;
+    }
     case "machine_not_found":
       return "This machine is not available right now.";
     case "unknown_item":
