@@ -4,6 +4,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StrictInt
 
 from cloud.models.common import MAX_SAFE_INT, Input, Output
+from cloud.models.refunds import RefundBrief
 from contracts.numbers import QUERY_INTEGER
 from contracts.orders import OrderStatus
 
@@ -47,12 +48,17 @@ class OrderOut(Output):
     paid_amount: int
     currency: str
     payment_id: str | None
+    # Electronic money refunded (or being refunded) and cash returned to the machine credit
+    # because units did not come out, as the gateway decided them.
+    refund_amount: int
+    credit_amount: int
     customer_name: str | None
     customer_phone: str | None
     version: int
     created_at: datetime
     updated_at: datetime
     synced_at: datetime
+    refunds: list[RefundBrief] = []
 
 
 class OrderDetail(OrderOut):

@@ -179,6 +179,38 @@ async def _record(
     return True
 
 
+async def note_provider_payment(
+    conn: AsyncConnection, tenant_id: str, entity: dict[str, Any]
+) -> None:
+    """Bring a provider payment we already recorded up to date (its refunded amount and status,
+    from a refund event's payment entity) without applying it as a capture again."""
+    pay_id = _str(entity, "id")
+    if pay_id is None:
+        return
+    row = (
+        await conn.execute(
+            sa.select(t.provider_payments).where(
+                t.provider_payments.c.id == pay_id, t.provider_payments.c.tenant_id == tenant_id
+            )
+        )
+    ).first()
+    if row is None:
+        return
+    values: dict[str, Any] = {}
+    status = _str(entity, "status") or ""
+    if _RANK.get(status, 0) > _RANK.get(row.status, 0):
+        values["status"] = status
+    refunded = _int(entity, "amount_refunded") or 0
+    if refunded > row.amount_refunded:
+        values["amount_refunded"] = refunded
+    if values:
+        await conn.execute(
+            t.provider_payments.update()
+            .where(t.provider_payments.c.id == pay_id)
+            .values(**values, updated_at=utcnow())
+        )
+
+
 async def _lock(conn: AsyncConnection, payment_id: str) -> Any:
     query = sa.select(t.payments).where(t.payments.c.id == payment_id)
     if conn.dialect.name == "postgresql":

@@ -1,6 +1,11 @@
-"""Orders mirrored from gateways, and payments, scoped to the caller's tenant."""
+"""Orders mirrored from gateways (with their refunds), and payments, scoped to the caller's
+tenant."""
+
+from collections.abc import Collection
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.auth.permissions import Permission
 from cloud.db import schema as t
@@ -15,9 +20,29 @@ from cloud.models.orders import (
     PaymentOut,
     PaymentsQuery,
 )
+from cloud.models.refunds import RefundBrief
 
 api = Api("/api/v1")
-_ORDER_FIELDS = list(OrderOut.model_fields)
+_ORDER_FIELDS = [f for f in OrderOut.model_fields if f != "refunds"]
+_REFUND_COLUMNS = [t.refunds.c.order_id, *(t.refunds.c[f] for f in RefundBrief.model_fields)]
+
+
+async def _refunds(
+    conn: AsyncConnection, tenant_id: str, order_ids: Collection[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """The orders' refunds, oldest first, by order id."""
+    by_order: dict[str, list[dict[str, Any]]] = {}
+    if not order_ids:
+        return by_order
+    rows = await conn.execute(
+        sa.select(*_REFUND_COLUMNS)
+        .where(t.refunds.c.tenant_id == tenant_id, t.refunds.c.order_id.in_(list(order_ids)))
+        .order_by(t.refunds.c.created_at, t.refunds.c.id)
+    )
+    for row in rows:
+        values = row_dict(row)
+        by_order.setdefault(values.pop("order_id"), []).append(values)
+    return by_order
 
 
 @api.route(
@@ -43,11 +68,11 @@ async def list_orders(call: Call) -> list[OrderOut]:
     query = (
         query.order_by(t.orders.c.created_at.desc(), t.orders.c.id).limit(q.limit).offset(q.offset)
     )
+    tenant_id = call.principal.tenant_id
     async with call.ctx.engine.connect() as conn:
-        return [
-            OrderOut.model_validate(sealed.open_order_row(conn, row_dict(r)))
-            for r in await conn.execute(query)
-        ]
+        rows = [sealed.open_order_row(conn, row_dict(r)) for r in await conn.execute(query)]
+        refunds = await _refunds(conn, tenant_id, [r["id"] for r in rows])
+    return [OrderOut.model_validate(r | {"refunds": refunds.get(r["id"], [])}) for r in rows]
 
 
 @api.route(
@@ -88,6 +113,7 @@ async def get_order(call: Call) -> OrderDetail:
                 .order_by(t.dispense_records.c.received_at)
             )
         ).all()
+        refunds = await _refunds(conn, call.principal.tenant_id, [order_id])
     by_item: dict[str, list[dict[str, object]]] = {}
     for d in dispenses:
         by_item.setdefault(d.item_id, []).append(
@@ -100,7 +126,8 @@ async def get_order(call: Call) -> OrderDetail:
                 {k: v for k, v in row_dict(i).items() if k != "order_id"}
                 | {"dispenses": by_item.get(i.id, [])}
                 for i in items
-            ]
+            ],
+            "refunds": refunds.get(order_id, []),
         }
     )
 
