@@ -22,6 +22,7 @@ from cloud.http.openapi import build_openapi
 from cloud.http.registry import Api, Endpoint
 from cloud.payments.closer import run_close_worker
 from cloud.payments.poller import run_poll_worker
+from cloud.payments.refunds import run_refund_worker
 from cloud.payments.registry import ProviderRegistry
 from cloud.payments.sandbox import SandboxProvider, run_capture_worker
 from cloud.pki import CertificateAuthority
@@ -32,9 +33,11 @@ from cloud.routes import (
     machines,
     orders,
     payment_settings,
+    refunds,
     reports,
     sites,
     users,
+    webhooks,
 )
 from cloud.settings import CloudSettings
 from cloud.storage import prepare_storage
@@ -54,6 +57,8 @@ PUBLIC_APIS: tuple[Api, ...] = (
     claims.api,
     dead_letter_routes.api,
     payment_settings.api,
+    refunds.api,
+    webhooks.api,
     reports.api,
 )
 SYNC_APIS: tuple[Api, ...] = (sync_routes.api, channel.api)
@@ -113,6 +118,7 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         ),
         asyncio.create_task(run_close_worker(ctx), name="provider-qr-close"),
         asyncio.create_task(run_poll_worker(ctx), name="provider-poll"),
+        asyncio.create_task(run_refund_worker(ctx), name="refunds"),
     ]
     yield
     for task in tasks:

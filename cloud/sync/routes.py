@@ -59,7 +59,8 @@ class StateQuery(Input):
 )
 async def push_events(call: Call) -> PushAck:
     gateway = await authenticate_gateway(call.request, call.ctx)
-    return await store_batch(call.ctx.engine, gateway, await read_json(call.request))
+    body = await read_json(call.request)
+    return await store_batch(call.ctx.engine, gateway, body, hub=call.ctx.hub)
 
 
 @api.route(
