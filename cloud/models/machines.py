@@ -44,6 +44,12 @@ class CatalogItemOut(Output):
     stock_rev: int
     image_url: str | None
     active: bool
+    # The slot's switch: an operator's (enable_rev bumps) or the gateway's after jams.
+    enabled: bool
+    enable_rev: int
+    disabled_reason: str | None
+    disabled_at: datetime | None
+    consecutive_failures: int
 
 
 class MachineOnboard(Input):
@@ -70,6 +76,8 @@ class MachineOut(Output):
 class MachineDetail(MachineOut):
     config: dict[str, Any]
     catalog: list[CatalogItemOut]
+    # Cash the machine holds as free credit for the next order (sum of its credit entries).
+    credit_balance: int
 
 
 class DeviceCredentials(Output):

@@ -1,4 +1,5 @@
-"""Machines: onboarding (device credentials shown once), catalog, config, status, decommission."""
+"""Machines: onboarding (device credentials shown once), catalog, config, status, decommission,
+free cash credit, and the operator's slot switches."""
 
 import uuid
 from typing import Any
@@ -13,7 +14,7 @@ from cloud.db.machines import catalogs, check_unique_slots, get_machine, replace
 from cloud.db.rows import row_dict
 from cloud.db.times import as_utc, utcnow
 from cloud.db.versions import bump_machine
-from cloud.errors import Conflict
+from cloud.errors import Conflict, NotFound
 from cloud.http.registry import Api, Call
 from cloud.models.machines import (
     CatalogItemOut,
@@ -27,6 +28,8 @@ from cloud.models.machines import (
     MachineStatus,
     OnboardResult,
 )
+from cloud.reports import credit
+from cloud.reports.models import CreditQuery, MachineCredit, SlotSwitch
 from cloud.routes.sites import get_site
 from contracts.credentials import hash_secret, new_command_key, new_mqtt_secret
 
@@ -49,6 +52,7 @@ async def _detail(conn: AsyncConnection, row: sa.Row[Any]) -> MachineDetail:
         | {
             "config": row.config or {},
             "catalog": [{k: item[k] for k in _CATALOG_FIELDS} for item in items],
+            "credit_balance": await credit.balance(conn, row.id, row.currency),
         }
     )
 
@@ -335,3 +339,95 @@ async def provision_device(call: Call) -> DeviceCredentials:
         mqtt_password=mqtt_password,
         command_key=command_key,
     )
+
+
+@api.route(
+    "GET",
+    "/{machine_id}/credit",
+    summary="A machine's free cash credit (kept for the next cash order) and its moves",
+    tag=TAG,
+    query=CreditQuery,
+    response=MachineCredit,
+    permission=Permission.MACHINES_READ,
+    errors=(),
+)
+async def get_credit(call: Call) -> MachineCredit:
+    q = call.query(CreditQuery)
+    async with call.ctx.engine.connect() as conn:
+        row = await get_machine(conn, call.principal.tenant_id, call.path("machine_id"))
+        return await credit.machine_credit(conn, row, q)
+
+
+async def _switch_slot(call: Call, enabled: bool) -> CatalogItemOut:
+    """Set a slot's switch for the gateway to adopt: ``enable_rev`` grows, so the gateway takes
+    ``enabled`` even over a slot it disabled itself after jams; enabling also clears the
+    failure count. One operator audit row per switch."""
+    body = call.body(SlotSwitch)
+    slot = call.path("slot")
+    now = utcnow()
+    ci = t.catalog_items
+    async with call.ctx.engine.begin() as conn:
+        row = await get_machine(conn, call.principal.tenant_id, call.path("machine_id"))
+        if row.status != "active":
+            raise Conflict("machine is decommissioned")
+        item_id = await conn.scalar(
+            sa.select(ci.c.id).where(ci.c.machine_id == row.id, ci.c.slot == slot)
+        )
+        if item_id is None:
+            raise NotFound(f"machine {row.id} has no slot {slot}")
+        values: dict[str, Any] = {
+            "enabled": enabled,
+            "enable_rev": ci.c.enable_rev + 1,
+            "updated_at": now,
+        }
+        if enabled:
+            values |= {"disabled_reason": None, "disabled_at": None, "consecutive_failures": 0}
+        else:
+            values |= {"disabled_reason": "operator", "disabled_at": now}
+        await conn.execute(ci.update().where(ci.c.id == item_id).values(**values))
+        action = "slot.enable" if enabled else "slot.disable"
+        await conn.execute(
+            t.operator_audit.insert().values(
+                id=str(uuid.uuid4()),
+                tenant_id=row.tenant_id,
+                user_id=call.principal.user_id,
+                action=action,
+                target_type="catalog_item",
+                target_id=item_id,
+                note=f"machine {row.id} slot {slot}" + (f": {body.note}" if body.note else ""),
+                created_at=now,
+            )
+        )
+        woken = await bump_machine(conn, row.id)
+        item = (await conn.execute(sa.select(ci).where(ci.c.id == item_id))).one()
+    call.ctx.hub.wake(woken)
+    data = row_dict(item)
+    return CatalogItemOut.model_validate({k: data[k] for k in _CATALOG_FIELDS})
+
+
+@api.route(
+    "POST",
+    "/{machine_id}/slots/{slot}/enable",
+    summary="Enable a slot (also after the gateway disabled it for jams); clears its failures",
+    tag=TAG,
+    body=SlotSwitch,
+    response=CatalogItemOut,
+    permission=Permission.MACHINES_WRITE,
+    errors=(409,),
+)
+async def enable_slot(call: Call) -> CatalogItemOut:
+    return await _switch_slot(call, True)
+
+
+@api.route(
+    "POST",
+    "/{machine_id}/slots/{slot}/disable",
+    summary="Disable a slot: the kiosk stops selling it until it is enabled again",
+    tag=TAG,
+    body=SlotSwitch,
+    response=CatalogItemOut,
+    permission=Permission.MACHINES_WRITE,
+    errors=(409,),
+)
+async def disable_slot(call: Call) -> CatalogItemOut:
+    return await _switch_slot(call, False)
