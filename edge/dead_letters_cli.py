@@ -84,6 +84,13 @@ def _list(db: sqlite_utils.Database, include_retried: bool, as_json: bool) -> No
         print("no dead letters")
         return
     for letter in letters:
+        if letter.source == dead_letters.PAYMENT:
+            print(
+                f"#{letter.id} {letter.state} payment confirmation not applied "
+                f"({letter.event_id.removeprefix('payment:')}, {letter.last_failed_at}): "
+                f"{letter.code}: {letter.error}"
+            )
+            continue
         print(
             f"#{letter.id} {letter.state} {letter.type} event {letter.event_id} "
             f"(seq {letter.seq}, {letter.attempts} attempt(s), last {letter.last_failed_at}): "
@@ -102,6 +109,8 @@ def _retry(db: sqlite_utils.Database, letter_id: int | None) -> None:
         db.execute("COMMIT")
     except KeyError as exc:
         raise _Failure(f"no open dead letter #{exc.args[0]}", EXIT_REFUSED) from exc
+    except dead_letters.NotRetryable as exc:
+        raise _Failure(str(exc), EXIT_REFUSED) from exc
     except sqlite3.Error as exc:
         raise _Failure(f"retry failed, nothing changed: {exc}", EXIT_DATABASE) from exc
     if not moved:

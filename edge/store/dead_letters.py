@@ -5,6 +5,11 @@ Plain functions over one ``sqlite_utils.Database`` so the store's writer thread 
 one short transaction per call) share them. An event keeps its id and its payload exactly as the
 outbox held it (sealed fields stay sealed: they are bound to the event id, which never changes),
 so a retry re-enters the outbox under a new seq and the cloud still deduplicates it by id.
+
+Payment confirmations the gateway could not apply (``PAYMENT``: no such order here, an amount
+or currency that is not the order's...) are kept in the same list, so one command shows
+everything that needs a person. They are not retried into the outbox (they came from the cloud,
+not for it): the money is resolved from the cloud's reconciliation report.
 """
 
 from dataclasses import dataclass
@@ -21,6 +26,8 @@ RETRIED = "retried"
 CLOUD = "cloud"
 ISOLATED = "isolated"
 UNREADABLE = "unreadable"  # the gateway itself could not read the outbox row as an event
+PAYMENT = "payment"  # a payment confirmation (channel message) the gateway could not apply
+PAYMENT_TYPE = "payment.update"
 MAX_ERROR = 1000
 
 Db = sqlite_utils.Database
@@ -94,6 +101,41 @@ def move_aside(
     return True
 
 
+class NotRetryable(ValueError):
+    """A payment dead letter: nothing to send to the cloud again."""
+
+    def __init__(self, letter_id: int) -> None:
+        super().__init__(
+            f"dead letter #{letter_id} is a payment confirmation the gateway could not apply; "
+            "it is not sent anywhere: resolve the payment from the cloud's reconciliation report"
+        )
+        self.letter_id = letter_id
+
+
+def record_payment(db: Db, message_id: str, payload: str, *, code: str, error: str) -> bool:
+    """Keep a payment confirmation the gateway could not apply (``payload``: its JSON) with
+    the reason. False when this channel message was kept before."""
+    now = _now()
+    cursor = db.execute(
+        "INSERT INTO dead_letters (event_id, seq, type, payload, occurred_at, source, "
+        "http_status, code, error, attempts, state, first_failed_at, last_failed_at) "
+        "VALUES (?, 0, ?, ?, ?, ?, NULL, ?, ?, 1, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING",
+        [
+            f"payment:{message_id}",
+            PAYMENT_TYPE,
+            payload,
+            now,
+            PAYMENT,
+            code[:64],
+            error[:MAX_ERROR],
+            OPEN,
+            now,
+            now,
+        ],
+    )
+    return cursor.rowcount == 1
+
+
 def open_count(db: Db) -> int:
     row = db.execute("SELECT COUNT(*) FROM dead_letters WHERE state = ?", [OPEN]).fetchone()
     return int(row[0])
@@ -108,9 +150,10 @@ def listing(db: Db, *, include_retried: bool = False) -> list[DeadLetter]:
 def retry(db: Db, ids: list[int] | None) -> list[tuple[int, int]]:
     """Put open letters (``ids``, or all when None) back into the outbox under a new seq and the
     same event id. Returns (letter id, new seq) pairs; an id that is unknown or not open raises
-    ``KeyError`` and nothing is changed (the caller runs this in one transaction)."""
+    ``KeyError``, a payment letter's id ``NotRetryable``, and nothing is changed (the caller
+    runs this in one transaction). Without ids, payment letters are left as they are."""
     if ids is None:
-        letters = listing(db)
+        letters = [letter for letter in listing(db) if letter.source != PAYMENT]
     else:
         letters = []
         for letter_id in ids:
@@ -119,6 +162,8 @@ def retry(db: Db, ids: list[int] | None) -> list[tuple[int, int]]:
             ).fetchone()
             if row is None:
                 raise KeyError(letter_id)
+            if row["source"] == PAYMENT:
+                raise NotRetryable(letter_id)
             letters.append(DeadLetter(**dict(row)))
     now = _now()
     moved: list[tuple[int, int]] = []

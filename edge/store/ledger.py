@@ -7,6 +7,7 @@ exactly the changes that were committed, never about one that was rolled back.
 
 import hmac
 import json
+import logging
 import math
 import time
 import uuid
@@ -17,21 +18,29 @@ import sqlite_utils
 
 from contracts.device_messages import CashCredit, DispenseResult
 from contracts.orders import (
+    ELECTRONIC_METHODS,
     TERMINAL_ORDER_STATUSES,
+    CreditReason,
     DispenseOutcome,
     ItemDispenseStatus,
     OrderStatus,
     PaymentMethod,
+    RefundReason,
+    RefundStatus,
 )
 from contracts.signing import DispenseCommandBody, down_key, sign_command
 from contracts.sync import (
     CashCreditRecord,
+    CreditEntry,
     DispenseRecord,
     InventoryChange,
     MoneyPolicy,
     OrderItemSnapshot,
     PaymentIntent,
     PaymentUpdate,
+    RefundRequest,
+    RefundUpdate,
+    SlotStateRecord,
 )
 from edge.errors import (
     CatalogItemNotFound,
@@ -45,8 +54,9 @@ from edge.errors import (
     OrderTokenInvalid,
     OrderTokenRequired,
     OrderTooLarge,
+    SlotDisabled,
 )
-from edge.store import sealed
+from edge.store import dead_letters, sealed
 from edge.store.views import (
     ClientLimits,
     CreditOutcome,
@@ -55,8 +65,11 @@ from edge.store.views import (
     OrderView,
     PaymentView,
     PendingCommand,
+    RefundView,
     ResultOutcome,
 )
+
+log = logging.getLogger(__name__)
 
 Db = sqlite_utils.Database
 
@@ -147,11 +160,20 @@ def load_order(db: Db, order_id: str) -> OrderView | None:
             "SELECT * FROM order_items WHERE order_id = ? ORDER BY position", [order_id]
         ).fetchall()
     ]
-    payment = (
-        PaymentView(payment_id=row["payment_id"], qr_payload=row["qr_payload"])
-        if row["payment_id"]
-        else None
-    )
+    payment = _payment_view(db, row) if row["payment_id"] else None
+    refunds = [
+        RefundView(
+            refund_id=r["refund_id"],
+            amount=r["amount"],
+            status=RefundStatus(r["status"]),
+            reason=RefundReason(r["reason"]),
+        )
+        for r in db.execute(
+            "SELECT refund_id, amount, status, reason FROM refunds WHERE order_id = ? "
+            "ORDER BY created_at, refund_id",
+            [order_id],
+        ).fetchall()
+    ]
     return OrderView(
         id=row["id"],
         machine_id=row["machine_id"],
@@ -167,6 +189,27 @@ def load_order(db: Db, order_id: str) -> OrderView | None:
         created_at=datetime.fromisoformat(row["created_at"]),
         updated_at=datetime.fromisoformat(row["updated_at"]),
         version=row["version"],
+        refund_amount=row["refund_amount"],
+        credit_amount=row["credit_amount"],
+        overpaid_amount=row["overpaid_amount"],
+        refunds=refunds,
+        machine_credit=machine_credit(db, row["machine_id"], row["currency"]),
+    )
+
+
+def _payment_view(db: Db, row: Any) -> PaymentView:
+    payment = db.execute(
+        "SELECT provider, status FROM payments WHERE payment_id = ?", [row["payment_id"]]
+    ).fetchone()
+    status = payment["status"] if payment is not None else "created"
+    return PaymentView(
+        payment_id=row["payment_id"],
+        provider=row["payment_provider"] or (payment and payment["provider"]) or "sandbox",
+        status=status if status in ("created", "captured", "failed") else "created",
+        qr_code_id=row["qr_code_id"],
+        upi_uri=row["upi_uri"],
+        image_url=row["image_url"],
+        qr_payload=row["qr_payload"],
     )
 
 
@@ -252,6 +295,8 @@ def create_order(
         ).fetchone()
         if row is None:
             raise CatalogItemNotFound(line.catalog_item_id)
+        if not row["enabled"]:
+            raise SlotDisabled(row["id"], row["slot"], row["disabled_reason"])
         available = row["quantity"] - row["reserved"]
         if available < line.quantity:
             shortages.append(
@@ -308,7 +353,7 @@ def create_order(
     changes: dict[str, Any] = {}
     if order.payment_method is PaymentMethod.CASH:
         # Credit inserted before the order (kept as machine credit) pays it.
-        changes = _pay_from_machine_credit(db, order_id, order.machine_id, machine["currency"])
+        changes, _ = _pay_from_machine_credit(db, order_id, order.machine_id, machine["currency"])
     return touch_order(db, order_id, **changes), True, superseded
 
 
@@ -378,37 +423,90 @@ def _check_client_limits(db: Db, limits: ClientLimits, units: int) -> None:
 
 
 def machine_credit(db: Db, machine_id: str, currency: str) -> int:
-    """Cash received on the machine that no order holds (yet)."""
+    """Cash received on the machine that no order holds (yet).
+
+    An allocation's ``returned`` part is held by no order: the units it paid did not come out,
+    so it went back to the machine credit (the allocation itself stays as the record of which
+    cash paid the order)."""
     received = db.execute(
         "SELECT COALESCE(SUM(amount), 0) FROM cash_credits WHERE machine_id = ? AND currency = ?",
         [machine_id, currency],
     ).fetchone()[0]
-    allocated = db.execute(
-        "SELECT COALESCE(SUM(a.amount), 0) FROM cash_allocations a "
+    held = db.execute(
+        "SELECT COALESCE(SUM(a.amount - a.returned), 0) FROM cash_allocations a "
         "JOIN cash_credits c ON c.id = a.credit_id WHERE c.machine_id = ? AND c.currency = ?",
         [machine_id, currency],
     ).fetchone()[0]
-    return int(received) - int(allocated)
+    return int(received) - int(held)
+
+
+def credit_entry(
+    db: Db,
+    machine_id: str,
+    currency: str,
+    delta: int,
+    reason: CreditReason,
+    *,
+    order_id: str | None = None,
+    credit_id: str | None = None,
+    entry_id: str | None = None,
+) -> None:
+    """Record one move of the machine's free credit (already made in this transaction) with
+    the balance after it, locally and as a ``credit.entry`` outbox event. ``entry_id`` is
+    deterministic where the move could be decided twice (it is then recorded once)."""
+    if delta == 0:
+        return
+    entry_id = entry_id or f"ce-{new_id()}"
+    if db.execute("SELECT 1 FROM credit_entries WHERE entry_id = ?", [entry_id]).fetchone():
+        return
+    entry = CreditEntry(
+        entry_id=entry_id,
+        machine_id=machine_id,
+        currency=currency,
+        delta=delta,
+        balance=machine_credit(db, machine_id, currency),
+        reason=reason,
+        order_id=order_id,
+        credit_id=credit_id,
+    )
+    db.execute(
+        "INSERT INTO credit_entries (entry_id, machine_id, currency, delta, balance, reason, "
+        "order_id, credit_id, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            entry.entry_id,
+            machine_id,
+            currency,
+            delta,
+            entry.balance,
+            reason.value,
+            order_id,
+            credit_id,
+            now_iso(),
+        ],
+    )
+    add_outbox(db, entry_id, "credit.entry", entry.model_dump(mode="json"))
 
 
 def _pay_from_machine_credit(
     db: Db, order_id: str, machine_id: str, currency: str
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, int]]:
     """Allocate free machine credit (oldest first) to the order, never more than it still owes:
     the rest of a credit stays machine credit for the next cash order. Returns the order's
-    changes (paid_amount, and status when fully paid); empty when nothing was allocated."""
+    changes (paid_amount, and status when fully paid; empty when nothing was allocated) and
+    how much was taken from which credit."""
     order = db.execute(
         "SELECT total_amount, paid_amount FROM orders WHERE id = ?", [order_id]
     ).fetchone()
     paid = order["paid_amount"]
     due = order["total_amount"] - paid
     credits = db.execute(
-        "SELECT c.id, c.amount - COALESCE((SELECT SUM(a.amount) FROM cash_allocations a "
-        "WHERE a.credit_id = c.id), 0) AS free FROM cash_credits c "
+        "SELECT c.id, c.amount - COALESCE((SELECT SUM(a.amount - a.returned) "
+        "FROM cash_allocations a WHERE a.credit_id = c.id), 0) AS free FROM cash_credits c "
         "WHERE c.machine_id = ? AND c.currency = ? ORDER BY c.received_at, c.id",
         [machine_id, currency],
     ).fetchall()
     allocated = 0
+    taken: dict[str, int] = {}
     for credit in credits:
         if allocated >= due:
             break
@@ -427,15 +525,20 @@ def _pay_from_machine_credit(
             [order_id, credit["id"]],
         )
         allocated += take
+        taken[credit["id"]] = take
     if allocated == 0:
-        return {}
+        return {}, taken
+    credit_entry(
+        db, machine_id, currency, -allocated, CreditReason.ORDER_PAYMENT, order_id=order_id
+    )
     changes: dict[str, Any] = {"paid_amount": paid + allocated}
     if paid + allocated >= order["total_amount"]:
         changes["status"] = OrderStatus.PAID.value
-    return changes
+    return changes, taken
 
 
 def attach_payment(db: Db, intent: PaymentIntent) -> OrderView:
+    """Record the cloud's payment intent on the order: what the kiosk shows to pay it."""
     db.execute(
         "INSERT OR IGNORE INTO payments (payment_id, order_id, provider, status, amount, "
         "currency, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -449,8 +552,17 @@ def attach_payment(db: Db, intent: PaymentIntent) -> OrderView:
             now_iso(),
         ],
     )
+    payload = intent.qr_payload
     return touch_order(
-        db, intent.order_id, payment_id=intent.payment_id, qr_payload=intent.qr_payload
+        db,
+        intent.order_id,
+        payment_id=intent.payment_id,
+        qr_payload=payload,
+        payment_provider=intent.provider,
+        qr_code_id=intent.provider_ref,
+        # The kiosk opens a UPI app with the URI; anything else is only drawn as a QR code.
+        upi_uri=payload if payload and payload[:4].lower() == "upi:" else None,
+        image_url=intent.image_url,
     )
 
 
@@ -476,8 +588,20 @@ def cancel_order(db: Db, order_id: str, reason: str = CANCEL_REQUESTED) -> Order
     if order.status is not OrderStatus.AWAITING_PAYMENT:
         raise OrderConflict(f"order is {order.status.value}")
     _release_stock(db, order)
+    held = db.execute(
+        "SELECT COALESCE(SUM(amount - returned), 0) FROM cash_allocations WHERE order_id = ?",
+        [order_id],
+    ).fetchone()[0]
     db.execute("DELETE FROM cash_allocations WHERE order_id = ?", [order_id])
     db.execute("UPDATE cash_credits SET order_id = NULL WHERE order_id = ?", [order_id])
+    credit_entry(
+        db,
+        order.machine_id,
+        order.currency,
+        int(held),
+        CreditReason.ORDER_CANCELLED,
+        order_id=order_id,
+    )
     return touch_order(
         db, order_id, status=OrderStatus.CANCELLED.value, paid_amount=0, cancel_reason=reason
     )
@@ -553,9 +677,27 @@ def record_cash_credit(db: Db, machine_id: str, credit: CashCredit) -> CreditOut
         order_id=order_id,
     )
     add_outbox(db, credit.id, "cash.credit", record.model_dump(mode="json"))
+    credit_entry(
+        db,
+        machine_id,
+        credit.currency,
+        credit.amount,
+        CreditReason.CASH_IN,
+        order_id=order_id,
+        credit_id=credit.id,
+    )
     if order_id is not None:
         # Only what the order still owes is applied; the rest stays machine credit.
-        changes = _pay_from_machine_credit(db, order_id, machine_id, credit.currency)
+        changes, taken = _pay_from_machine_credit(db, order_id, machine_id, credit.currency)
+        if changes.get("status") == OrderStatus.PAID.value:
+            # The coin that paid the order brought more than it still owed: the rest is
+            # machine credit, and the order says so (the kiosk tells the customer).
+            rest = credit.amount - taken.get(credit.id, 0)
+            if rest > 0:
+                current = db.execute(
+                    "SELECT overpaid_amount FROM orders WHERE id = ?", [order_id]
+                ).fetchone()[0]
+                changes["overpaid_amount"] = int(current) + rest
         touch_order(db, order_id, **changes)
     return CreditOutcome(duplicate=False, order_id=order_id)
 
@@ -570,9 +712,33 @@ def mark_processed(db: Db, message_id: str, channel: str) -> bool:
 
 
 def apply_payment_update(db: Db, message_id: str, update: PaymentUpdate) -> str | None:
-    """Returns the order id when the order changed."""
+    """Apply a payment confirmation from the cloud; returns the order id when the order changed.
+
+    One the gateway cannot apply (no such order here, another machine's, a cash order, another
+    payment than the order's, a currency or amount that is not the order's) becomes a payment
+    dead letter with the reason: the money is real, so it must be seen, but guessing what it
+    was for could dispense or refund the wrong thing. The cloud's reconciliation report lists
+    the same payment from its side."""
     if not mark_processed(db, message_id, "cloud"):
         return None
+    order = load_order(db, update.order_id)
+    problem = _payment_problem(order, update)
+    if problem is not None:
+        code, error = problem
+        dead_letters.record_payment(
+            db, message_id, update.model_dump_json(), code=code, error=error
+        )
+        log.warning(
+            "payment %s (%s %d %s for order %s) not applied, kept as a dead letter: %s",
+            update.payment_id,
+            update.status,
+            update.amount,
+            update.currency,
+            update.order_id,
+            error,
+        )
+        return None
+    assert order is not None  # _payment_problem names a missing order
     payment = db.execute(
         "SELECT status FROM payments WHERE payment_id = ?", [update.payment_id]
     ).fetchone()
@@ -580,8 +746,10 @@ def apply_payment_update(db: Db, message_id: str, update: PaymentUpdate) -> str 
         return None  # the same outcome arrived under another message id
     db.execute(
         "INSERT INTO payments (payment_id, order_id, provider, status, amount, currency, "
-        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(payment_id) DO UPDATE SET "
-        "status = excluded.status, amount = excluded.amount, updated_at = excluded.updated_at",
+        "updated_at, provider_payment_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(payment_id) DO UPDATE SET status = excluded.status, "
+        "amount = excluded.amount, updated_at = excluded.updated_at, "
+        "provider_payment_id = COALESCE(excluded.provider_payment_id, provider_payment_id)",
         [
             update.payment_id,
             update.order_id,
@@ -590,37 +758,198 @@ def apply_payment_update(db: Db, message_id: str, update: PaymentUpdate) -> str 
             update.amount,
             update.currency,
             now_iso(),
+            update.provider_payment_id,
         ],
     )
-    order = load_order(db, update.order_id)
-    if order is None:
-        return None
     if update.status == "failed":
         if order.status is OrderStatus.AWAITING_PAYMENT:
             cancel_order(db, order.id, CANCEL_PAYMENT_FAILED)
             return order.id
-        return None
-    if update.currency != order.currency:
-        return None
+        # Failed after a capture (or on a cancelled order) moves no money: keep the row only.
+        return order.id if order.payment is not None else None
     if order.status is OrderStatus.AWAITING_PAYMENT:
-        paid = update.amount
-        changes: dict[str, Any] = {"paid_amount": paid, "payment_id": update.payment_id}
-        if paid >= order.total_amount:
-            changes["status"] = OrderStatus.PAID.value
-        touch_order(db, order.id, **changes)
-        return order.id
-    if order.status is OrderStatus.CANCELLED:
-        # Money arrived after the order expired or was cancelled: nothing will be dispensed, so
-        # the customer is owed a refund.
         touch_order(
             db,
             order.id,
             paid_amount=update.amount,
             payment_id=update.payment_id,
-            status=OrderStatus.REFUND_PENDING.value,
+            status=OrderStatus.PAID.value,
+        )
+        return order.id
+    if order.status is OrderStatus.CANCELLED:
+        # Money arrived after the order expired or was cancelled: nothing will be dispensed,
+        # so all of it goes back. The order stays cancelled (no unit was ever dispensed); the
+        # refund id is the one the cloud uses when it decides the same, so it is made once.
+        _request_refund(
+            db,
+            order,
+            refund_id=f"rf-{update.payment_id}-unserved",
+            payment_id=update.payment_id,
+            amount=update.amount,
+            reason=RefundReason.UNSERVED,
+        )
+        touch_order(
+            db,
+            order.id,
+            paid_amount=update.amount,
+            payment_id=update.payment_id,
+            refund_amount=_gateway_refund_total(db, order.id),
         )
         return order.id
     return None
+
+
+def _payment_problem(order: OrderView | None, update: PaymentUpdate) -> tuple[str, str] | None:
+    """Why ``update`` cannot be applied to ``order`` (a dead-letter code and message), or None."""
+    if order is None:
+        return "unknown_order", f"no order {update.order_id} at this gateway"
+    if order.machine_id != update.machine_id:
+        return (
+            "machine_mismatch",
+            f"order {order.id} is for machine {order.machine_id}, the payment names "
+            f"{update.machine_id}",
+        )
+    if order.payment_method not in ELECTRONIC_METHODS:
+        return "not_electronic", f"order {order.id} is paid in {order.payment_method.value}"
+    if order.payment is not None and order.payment.payment_id != update.payment_id:
+        return (
+            "other_payment",
+            f"order {order.id} is paid by payment {order.payment.payment_id}, not "
+            f"{update.payment_id} (a second payment is refunded by the cloud as a duplicate)",
+        )
+    if update.status == "captured":
+        if update.currency != order.currency:
+            return (
+                "currency_mismatch",
+                f"captured {update.amount} {update.currency}, the order is in {order.currency}",
+            )
+        if update.amount != order.total_amount:
+            return (
+                "amount_mismatch",
+                f"captured {update.amount} {update.currency}, the order's total is "
+                f"{order.total_amount}: nothing dispensed, no refund made here",
+            )
+    return None
+
+
+# --- refunds -----------------------------------------------------------------------------------
+
+# Refunds the gateway decides for its own orders; the cloud's own (duplicate, unmatched) are
+# shown with the order when it reports them but are not the order's refund_amount.
+_GATEWAY_REFUND_REASONS = (RefundReason.UNDISPENSED.value, RefundReason.UNSERVED.value)
+_FINAL_REFUND_STATUSES = frozenset({RefundStatus.REFUNDED.value, RefundStatus.VOIDED.value})
+
+
+def _request_refund(
+    db: Db,
+    order: OrderView,
+    *,
+    refund_id: str,
+    payment_id: str,
+    amount: int,
+    reason: RefundReason,
+    hold: bool = False,
+) -> None:
+    """Decide a refund: a local row (what the kiosk shows) and a ``refund.request`` event, in
+    the caller's transaction. The id is deterministic, so deciding it again (a replay, a
+    restart, the cloud deciding the same) changes nothing."""
+    request = RefundRequest(
+        refund_id=refund_id,
+        order_id=order.id,
+        machine_id=order.machine_id,
+        payment_id=payment_id,
+        amount=amount,
+        currency=order.currency,
+        reason=reason,
+        hold=hold,
+    )
+    status = RefundStatus.MANUAL_REVIEW if hold else RefundStatus.PENDING
+    now = now_iso()
+    db.execute(
+        "INSERT INTO refunds (refund_id, order_id, payment_id, amount, currency, reason, hold, "
+        "status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(refund_id) DO NOTHING",
+        [
+            refund_id,
+            order.id,
+            payment_id,
+            amount,
+            order.currency,
+            reason.value,
+            int(hold),
+            status.value,
+            now,
+            now,
+        ],
+    )
+    add_outbox(db, refund_id, "refund.request", request.model_dump(mode="json"))
+
+
+def _gateway_refund_total(db: Db, order_id: str) -> int:
+    marks = ",".join("?" for _ in _GATEWAY_REFUND_REASONS)
+    row = db.execute(
+        f"SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE order_id = ? AND reason IN ({marks})",
+        [order_id, *_GATEWAY_REFUND_REASONS],
+    ).fetchone()
+    return int(row[0])
+
+
+def _reason_of(refund_id: str) -> RefundReason:
+    for reason in RefundReason:
+        if refund_id.endswith(f"-{reason.value}"):
+            return reason
+    if refund_id.endswith("-held"):
+        return RefundReason.UNDISPENSED
+    return RefundReason.UNMATCHED
+
+
+def apply_refund_update(db: Db, message_id: str, update: RefundUpdate) -> str | None:
+    """Record where a refund stands at the provider (the cloud's ``refund.update``); returns
+    the order id when what the order shows changed.
+
+    ``refunded`` and ``voided`` are final: a late or replayed message never moves a refund
+    back from them. Between the other states the newest message wins, because an operator's
+    retry legitimately moves ``manual_review`` back to ``pending``. A refund the cloud decided
+    itself (a payment on a cancelled order, a duplicate) is added to the order's list when the
+    order is here."""
+    if not mark_processed(db, message_id, "cloud"):
+        return None
+    row = db.execute(
+        "SELECT status, order_id FROM refunds WHERE refund_id = ?", [update.refund_id]
+    ).fetchone()
+    now = now_iso()
+    if row is None:
+        order = db.execute("SELECT id FROM orders WHERE id = ? ", [update.order_id]).fetchone()
+        if order is None:
+            log.info("refund %s is for order %s, not at this gateway", update.refund_id,
+                     update.order_id)  # fmt: skip
+            return None
+        db.execute(
+            "INSERT INTO refunds (refund_id, order_id, payment_id, amount, currency, reason, "
+            "hold, status, provider_refund_id, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
+            [
+                update.refund_id,
+                update.order_id,
+                update.payment_id,
+                update.amount,
+                update.currency,
+                _reason_of(update.refund_id).value,
+                update.status.value,
+                update.provider_refund_id,
+                now,
+                now,
+            ],
+        )
+        return update.order_id
+    if row["status"] in _FINAL_REFUND_STATUSES or row["status"] == update.status.value:
+        return None
+    db.execute(
+        "UPDATE refunds SET status = ?, provider_refund_id = COALESCE(?, provider_refund_id), "
+        "updated_at = ? WHERE refund_id = ?",
+        [update.status.value, update.provider_refund_id, now, update.refund_id],
+    )
+    return str(row["order_id"])
 
 
 # --- dispensing --------------------------------------------------------------------------------
@@ -789,9 +1118,85 @@ def record_dispense_result(
     add_outbox(db, cmd_id, "dispense.result", record.model_dump(mode="json"))
     if gone:
         inventory_event(db, item["catalog_item_id"], -1, "sale")
+    _count_slot_outcome(db, item["catalog_item_id"], outcome)
     touch_order(db, cmd["order_id"])
     _finish_order(db, cmd["order_id"])
     return ResultOutcome(status="applied", order_id=cmd["order_id"])
+
+
+# --- slots -------------------------------------------------------------------------------------
+
+SLOT_JAMMED = "jammed"
+SLOT_OPERATOR = "operator"
+SLOT_TECHNICIAN = "technician"
+
+
+def _count_slot_outcome(db: Db, catalog_id: str, outcome: DispenseOutcome) -> None:
+    """Failed dispenses in a row per slot: ``ok`` starts the count again, ``unknown`` (a power
+    cut, a lost answer) says nothing about the slot and leaves it. At the tenant's threshold
+    the slot is switched off, so no more customers pay for units it cannot deliver."""
+    if outcome is DispenseOutcome.OK:
+        db.execute("UPDATE catalog SET consecutive_failures = 0 WHERE id = ?", [catalog_id])
+        return
+    if outcome is not DispenseOutcome.FAILED:
+        return
+    db.execute(
+        "UPDATE catalog SET consecutive_failures = consecutive_failures + 1 WHERE id = ?",
+        [catalog_id],
+    )
+    row = db.execute(
+        "SELECT machine_id, enabled, consecutive_failures FROM catalog WHERE id = ?", [catalog_id]
+    ).fetchone()
+    limit = money_policy(db, row["machine_id"]).disable_slot_after_failures
+    if row["enabled"] and row["consecutive_failures"] >= limit:
+        set_slot_enabled(db, catalog_id, enabled=False, reason=SLOT_JAMMED)
+
+
+def set_slot_enabled(
+    db: Db, catalog_id: str, *, enabled: bool, reason: str, enable_rev: int | None = None
+) -> bool:
+    """Switch a slot on or off and write its ``slot.state`` event; False (and no event) when
+    it already was so. Enabling starts the failure count again. ``enable_rev``: the cloud's
+    revision this answers (stored, so the same revision is not adopted twice)."""
+    row = db.execute(
+        "SELECT machine_id, slot, enabled, enable_rev, consecutive_failures FROM catalog "
+        "WHERE id = ?",
+        [catalog_id],
+    ).fetchone()
+    if row is None:
+        raise CatalogItemNotFound(catalog_id)
+    rev = row["enable_rev"] if enable_rev is None else enable_rev
+    if bool(row["enabled"]) == enabled:
+        if rev != row["enable_rev"]:
+            db.execute("UPDATE catalog SET enable_rev = ? WHERE id = ?", [rev, catalog_id])
+        return False
+    failures = 0 if enabled else int(row["consecutive_failures"])
+    db.execute(
+        "UPDATE catalog SET enabled = ?, disabled_reason = ?, consecutive_failures = ?, "
+        "enable_rev = ? WHERE id = ?",
+        [int(enabled), None if enabled else reason, failures, rev, catalog_id],
+    )
+    record = SlotStateRecord(
+        machine_id=row["machine_id"],
+        catalog_item_id=catalog_id,
+        slot=row["slot"],
+        enabled=enabled,
+        reason=reason,  # type: ignore[arg-type]
+        consecutive_failures=failures,
+        enable_rev=rev,
+    )
+    add_outbox(db, f"ss-{new_id()}", "slot.state", record.model_dump(mode="json"))
+    if enabled:
+        log.info("slot %s of machine %s enabled (%s)", row["slot"], row["machine_id"], reason)
+    else:
+        log.warning(
+            "slot %s of machine %s disabled (%s) after %d failed dispenses in a row",
+            row["slot"],
+            row["machine_id"],
+            reason,
+            failures,
+        )
+    return True
 
 
 def _correct_timed_out(
@@ -832,11 +1237,66 @@ def _correct_timed_out(
     add_outbox(db, f"{cmd['cmd_id']}-late", "dispense.result", record.model_dump(mode="json"))
     order = _require_order(db, cmd["order_id"])
     changes: dict[str, Any] = {}
-    if order.status is OrderStatus.REFUND_PENDING and all(
-        i.dispensed == i.quantity for i in order.items
-    ):
-        changes["status"] = OrderStatus.COMPLETED.value
+    if order.status is OrderStatus.REFUND_PENDING:
+        # Legacy orders (before refunds): the old rule.
+        if all(i.dispensed == i.quantity for i in order.items):
+            changes["status"] = OrderStatus.COMPLETED.value
+    elif order.status in (OrderStatus.PARTIALLY_COMPLETED, OrderStatus.FAILED):
+        # The order had ended with this unit unknown. Its status follows what came out; its
+        # money follows _late_money: no money is made up and none is given back twice.
+        changes["status"] = _outcome_status(order).value
+        changes |= _late_money(db, order, cmd, item["unit_price"], outcome)
     touch_order(db, order.id, **changes)
+
+
+def _late_money(
+    db: Db, order: OrderView, cmd: Any, unit_price: int, outcome: DispenseOutcome
+) -> dict[str, Any]:
+    """The money side of a late device answer for a unit the order had ended with as unknown.
+
+    What was decided at the end stands: a refund requested for the unit (policy ``refund``)
+    cannot be taken back (the provider may have paid it already), and machine credit given for
+    it may already be spent, so a late ``ok`` only logs the loss for the operator. A late
+    ``failed`` confirms what was decided. The one case that moves money is a cash unit whose
+    credit was held back (policy ``review``) and that the device now says did not come out: it
+    is owed, so it is credited now, once (the command is marked ``credited``). An electronic
+    held refund stays with the operator, who retries or voids it with this answer in the log."""
+    settled = cmd["money"]
+    who = f"unit {cmd['cmd_id']} of order {order.id}"
+    if outcome is DispenseOutcome.OK:
+        if settled in ("refunded", "credited"):
+            log.warning(
+                "%s came out after the gateway gave its money back (%s, %d %s): the refund or "
+                "credit stands; the customer got the item and the money",
+                who, settled, unit_price, order.currency,
+            )  # fmt: skip
+        elif settled == "held":
+            log.warning(
+                "%s came out: its held refund (%d %s) is not owed; an operator should void it",
+                who, unit_price, order.currency,
+            )  # fmt: skip
+        return {}
+    if settled != "held":
+        return {}
+    if order.payment_method in ELECTRONIC_METHODS:
+        log.warning(
+            "%s did not come out: its held refund (%d %s) is owed; an operator should retry it",
+            who, unit_price, order.currency,
+        )  # fmt: skip
+        return {}
+    returned = _return_cash(db, order, unit_price, entry_id=f"ce-{cmd['cmd_id']}-late")
+    db.execute("UPDATE dispense_commands SET money = 'credited' WHERE cmd_id = ?", [cmd["cmd_id"]])
+    return {"credit_amount": order.credit_amount + returned}
+
+
+def _outcome_status(order: OrderView) -> OrderStatus:
+    """Every unit has an outcome: what came out names the order's end."""
+    dispensed = sum(i.dispensed for i in order.items)
+    if dispensed == sum(i.quantity for i in order.items):
+        return OrderStatus.COMPLETED
+    if dispensed > 0:
+        return OrderStatus.PARTIALLY_COMPLETED
+    return OrderStatus.FAILED
 
 
 def _finish_order(db: Db, order_id: str) -> None:
@@ -847,9 +1307,112 @@ def _finish_order(db: Db, order_id: str) -> None:
         return
     if any(i.dispensed + i.failed + i.unknown < i.quantity for i in order.items):
         return
-    all_ok = all(i.dispensed == i.quantity for i in order.items)
-    status = OrderStatus.COMPLETED if all_ok else OrderStatus.REFUND_PENDING
-    touch_order(db, order_id, status=status.value)
+    status = _outcome_status(order)
+    changes: dict[str, Any] = {"status": status.value}
+    if status is not OrderStatus.COMPLETED:
+        # In the same transaction as the status: an order never ends without its money
+        # decided (refund requested, or cash back to the machine credit).
+        changes |= _settle_undispensed(db, order)
+    touch_order(db, order_id, **changes)
+
+
+def _settle_undispensed(db: Db, order: OrderView) -> dict[str, Any]:
+    """Give back the value of the units that did not come out: failed units, and units whose
+    outcome is unknown when the tenant's policy says ``refund`` (under ``review`` they are held
+    for an operator). Electronic money is refunded (``refund.request``), cash goes back to the
+    machine credit. Each unit's command is marked with what was done, for late answers."""
+    policy = money_policy(db, order.machine_id)
+    prices = {item.id: item.unit_price for item in order.items}
+    owed: list[tuple[str, int]] = []
+    held: list[tuple[str, int]] = []
+    for cmd in db.execute(
+        "SELECT cmd_id, order_item_id, result FROM dispense_commands "
+        "WHERE order_id = ? AND result IN (?, ?) AND money IS NULL ORDER BY ctr",
+        [order.id, DispenseOutcome.FAILED.value, DispenseOutcome.UNKNOWN.value],
+    ).fetchall():
+        unit = (cmd["cmd_id"], prices[cmd["order_item_id"]])
+        if cmd["result"] == DispenseOutcome.FAILED.value or policy.unknown_outcome == "refund":
+            owed.append(unit)
+        else:
+            held.append(unit)
+    owed_amount = sum(price for _, price in owed)
+    held_amount = sum(price for _, price in held)
+    # Never more than the order took in (a defence: paid_amount is the total for a paid order).
+    owed_amount = min(owed_amount, order.paid_amount)
+    held_amount = min(held_amount, order.paid_amount - owed_amount)
+    changes: dict[str, Any] = {}
+    if order.payment_method in ELECTRONIC_METHODS:
+        if order.payment is None:
+            log.error("order %s ended with undispensed units but has no payment id", order.id)
+            return {}
+        for amount, suffix, hold, mark, units in (
+            (owed_amount, "undispensed", False, "refunded", owed),
+            (held_amount, "held", True, "held", held),
+        ):
+            if amount <= 0:
+                continue
+            _request_refund(
+                db,
+                order,
+                refund_id=f"rf-{order.id}-{suffix}",
+                payment_id=order.payment.payment_id,
+                amount=amount,
+                reason=RefundReason.UNDISPENSED,
+                hold=hold,
+            )
+            _mark_units(db, units, mark)
+        changes["refund_amount"] = _gateway_refund_total(db, order.id)
+        return changes
+    if owed_amount > 0:
+        returned = _return_cash(db, order, owed_amount, entry_id=f"ce-{order.id}-undispensed")
+        _mark_units(db, owed, "credited")
+        changes["credit_amount"] = order.credit_amount + returned
+    if held:
+        _mark_units(db, held, "held")
+        log.warning(
+            "order %s: %d %s of cash for units with unknown outcome held for review (policy), "
+            "not credited",
+            order.id, held_amount, order.currency,
+        )  # fmt: skip
+    return changes
+
+
+def _mark_units(db: Db, units: list[tuple[str, int]], money: str) -> None:
+    for cmd_id, _ in units:
+        db.execute("UPDATE dispense_commands SET money = ? WHERE cmd_id = ?", [money, cmd_id])
+
+
+def _return_cash(db: Db, order: OrderView, amount: int, *, entry_id: str) -> int:
+    """Give ``amount`` of a cash order's payment back to the machine credit: its allocations
+    stay (they record which cash paid it) and their ``returned`` part grows, newest first, so
+    ``machine_credit`` counts it free again. Returns what was returned (at most what the
+    allocations still hold)."""
+    left = amount
+    for row in db.execute(
+        "SELECT credit_id, amount - returned AS held FROM cash_allocations WHERE order_id = ? "
+        "AND amount > returned ORDER BY allocated_at DESC, credit_id DESC",
+        [order.id],
+    ).fetchall():
+        if left <= 0:
+            break
+        take = min(int(row["held"]), left)
+        db.execute(
+            "UPDATE cash_allocations SET returned = returned + ? WHERE credit_id = ? "
+            "AND order_id = ?",
+            [take, row["credit_id"], order.id],
+        )
+        left -= take
+    returned = amount - left
+    credit_entry(
+        db,
+        order.machine_id,
+        order.currency,
+        returned,
+        CreditReason.UNDISPENSED,
+        order_id=order.id,
+        entry_id=entry_id,
+    )
+    return returned
 
 
 def device_result(db: Db, machine_id: str, result: DispenseResult) -> ResultOutcome:

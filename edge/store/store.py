@@ -26,6 +26,7 @@ from contracts.sync import (
     OutboxEvent,
     PaymentIntent,
     PaymentUpdate,
+    RefundUpdate,
     RejectedEvent,
     StateResponse,
 )
@@ -240,6 +241,15 @@ class GatewayStore:
             lambda db: ledger.apply_payment_update(db, message_id, update)
         )
         await self._notify([order_id])
+
+    async def apply_refund_update(self, message_id: str, update: RefundUpdate) -> None:
+        """Record where a refund stands (idempotent by ``message_id``; ``refunded`` and
+        ``voided`` are final), so the kiosk shows it with the order."""
+        order_id = await self._writer.run(
+            lambda db: ledger.apply_refund_update(db, message_id, update)
+        )
+        # The order's view changed, not the order: no snapshot, no outbox event.
+        await self._notify([order_id], outbox=False)
 
     async def wait_outbox(self, max_wait: float) -> None:
         try:
@@ -510,12 +520,13 @@ def _apply_state(db: Db, state: StateResponse) -> None:
     for machine in state.machines:
         db.execute(
             "INSERT INTO machines (id, tenant_id, site_id, name, location, status, "
-            "mqtt_secret_hash, command_key, currency, config, version) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "mqtt_secret_hash, command_key, currency, config, version, money_policy) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
             "tenant_id = excluded.tenant_id, site_id = excluded.site_id, name = excluded.name, "
             "location = excluded.location, status = excluded.status, "
             "mqtt_secret_hash = excluded.mqtt_secret_hash, command_key = excluded.command_key, "
-            "currency = excluded.currency, config = excluded.config, version = excluded.version",
+            "currency = excluded.currency, config = excluded.config, version = excluded.version, "
+            "money_policy = excluded.money_policy",
             [
                 machine.id,
                 machine.tenant_id,
@@ -528,13 +539,14 @@ def _apply_state(db: Db, state: StateResponse) -> None:
                 machine.currency,
                 json.dumps(machine.config),
                 machine.version,
+                machine.money_policy.model_dump_json(),
             ],
         )
         seen: list[str] = []
         for item in machine.catalog:
             seen.append(item.id)
             existing = db.execute(
-                "SELECT stock_rev, quantity FROM catalog WHERE id = ?", [item.id]
+                "SELECT stock_rev, quantity, enable_rev FROM catalog WHERE id = ?", [item.id]
             ).fetchone()
             values = {
                 "machine_id": machine.id,
@@ -550,7 +562,15 @@ def _apply_state(db: Db, state: StateResponse) -> None:
             }
             if existing is None:
                 db.table("catalog").insert(
-                    {"id": item.id, "quantity": item.quantity, "reserved": 0, **values}
+                    {
+                        "id": item.id,
+                        "quantity": item.quantity,
+                        "reserved": 0,
+                        "enabled": int(item.enabled),
+                        "enable_rev": item.enable_rev,
+                        "disabled_reason": None if item.enabled else ledger.SLOT_OPERATOR,
+                        **values,
+                    }
                 )
                 continue
             # The cloud's count wins only after an operator restock (new stock_rev); otherwise
@@ -560,6 +580,16 @@ def _apply_state(db: Db, state: StateResponse) -> None:
             db.table("catalog").update(item.id, values)
             if "quantity" in values and item.quantity != existing["quantity"]:
                 ledger.inventory_event(db, item.id, item.quantity - existing["quantity"], "restock")
+            # Like the stock: the cloud's switch wins only when an operator set it (a new
+            # enable_rev); a slot the gateway disabled after jams stays off until then.
+            if existing["enable_rev"] != item.enable_rev:
+                ledger.set_slot_enabled(
+                    db,
+                    item.id,
+                    enabled=item.enabled,
+                    reason=ledger.SLOT_OPERATOR,
+                    enable_rev=item.enable_rev,
+                )
         marks = ",".join("?" for _ in seen)
         db.execute(
             f"UPDATE catalog SET active = 0 WHERE machine_id = ? AND id NOT IN ({marks})",

@@ -34,6 +34,7 @@ from contracts.sync import (
     PaymentUpdate,
     PushAck,
     PushBatch,
+    RefundUpdate,
     StateResponse,
 )
 from edge.backoff import Backoff
@@ -330,6 +331,9 @@ class CloudLink:
         if message.type == "payment.update":
             update = PaymentUpdate.model_validate(message.payload)
             await self._store.apply_payment_update(message.id, update)
+        elif message.type == "refund.update":
+            refund = RefundUpdate.model_validate(message.payload)
+            await self._store.apply_refund_update(message.id, refund)
         elif message.type == "state.changed":
             self._pull_now.set()
 

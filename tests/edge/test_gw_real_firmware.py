@@ -37,7 +37,7 @@ async def cash_order(gateway: Gateway, items: list[dict[str, Any]]) -> str:
 async def finished(gateway: Gateway, order_id: str) -> str:
     async def terminal() -> str | None:
         status = await order_status(gateway, order_id)
-        return status if status in {"completed", "refund_pending"} else None
+        return status if status in {"completed", "partially_completed", "failed"} else None
 
     return await wait_for(terminal, within=30)  # type: ignore[no-any-return]
 
@@ -61,9 +61,11 @@ async def test_jam_with_real_firmware(gateway: Gateway, firmware: VirtualDevice)
     await firmware.sim("jam", slot="A2", on=True)
     order_id = await cash_order(gateway, [{"id": "M1-A2", "quantity": 1}])
     await firmware.sim("coin", amount=2000)
-    assert await finished(gateway, order_id) == "refund_pending"
+    assert await finished(gateway, order_id) == "failed"
     order = await gateway.store.get_order(order_id)
     assert (order.items[0].failed, order.items[0].dispense_status.value) == (1, "failed")
+    # No coin return: the jammed unit's cash is machine credit for the next order.
+    assert order.credit_amount == 2000 and order.machine_credit == 2000
     assert await gateway.store.stock("M1-A2") == (2, 0)
 
 
@@ -77,8 +79,9 @@ async def test_power_cut_mid_dispense_is_unknown_and_never_rerun(
     cmd_id = held.group(1)
     await firmware.kill()  # power cut while the motor runs
     await firmware.start()
-    assert await finished(gateway, order_id) == "refund_pending"
+    assert await finished(gateway, order_id) == "failed"
     order = await gateway.store.get_order(order_id)
+    assert order.credit_amount == 2000  # the default policy refunds unknown units
     assert (order.items[0].unknown, order.items[0].dispense_status.value) == (1, "unknown")
     rows = await gateway.store.query("SELECT cmd_id, result, reason FROM dispense_commands")
     assert [(r["cmd_id"], r["result"]) for r in rows] == [(cmd_id, "unknown")]
