@@ -160,17 +160,17 @@ async def test_pay_sends_signed_webhooks_and_closes_single_use_qr(
     assert len(payment["acquirer_data"]["rrn"]) == 12
 
     received = await receiver.wait_for(3)
-    assert [r.event for r in received] == ["payment.captured", "qr_code.credited", "qr_code.closed"]
-    assert len({r.event_id for r in received}) == 3
+    assert receiver.events() == ["payment.captured", "qr_code.credited", "qr_code.closed"]
+    assert len({hook.event_id for hook in received}) == 3
     account_id = rzp.state["accounts"][0]["account_id"]
-    for r in received:
-        assert r.headers["Content-Type"] == "application/json"
-        assert signature_ok(r.raw, r.headers["X-Razorpay-Signature"])
-        body = r.body
+    for hook in received:
+        assert hook.headers["Content-Type"] == "application/json"
+        assert signature_ok(hook.raw, hook.headers["X-Razorpay-Signature"])
+        body = hook.body
         assert body["entity"] == "event" and body["account_id"] == account_id
         assert isinstance(body["created_at"], int)
-        assert r.event_id.startswith("evt_")
-    captured, credited, closed = (r.body for r in received)
+        assert hook.event_id.startswith("evt_")
+    captured, credited, closed = (hook.body for hook in received)
     assert captured["contains"] == ["payment"]
     assert captured["payload"]["payment"]["entity"] == payment
     assert credited["contains"] == ["payment", "qr_code"]

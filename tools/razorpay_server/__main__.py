@@ -9,6 +9,7 @@ from it). Runs until SIGINT or SIGTERM.
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import sys
@@ -79,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 async def serve(args: argparse.Namespace) -> None:
     kwargs = {}
     if args.retry_delays is not None:
@@ -98,6 +108,13 @@ async def serve(args: argparse.Namespace) -> None:
         **kwargs,
     ) as server:
         print(f"razorpay test server on {server.url}", flush=True)
+        if not is_loopback(server.host):
+            print(
+                "  warning: not bound to loopback; the /_test controls have no auth and anyone"
+                " who can reach this port can pay QR codes and change its behaviour",
+                file=sys.stderr,
+                flush=True,
+            )
         for account in args.account:
             print(f"  account {account.key_id} -> webhooks to {account.webhook_url}", flush=True)
         print(f"  pay QR codes at {server.url}/_test/", flush=True)
