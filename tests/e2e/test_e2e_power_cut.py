@@ -20,11 +20,11 @@ async def test_device_killed_mid_dispense_reports_unknown_and_never_reruns(site:
     await device.wait_online(timeout=20)
 
     done = await site.finished(order["id"])
-    assert done["status"] == "refund_pending"
+    assert done["status"] == "failed"
     item = done["items"][0]
     assert (item["unknown"], item["dispense_status"]) == (1, "unknown")
     # The gateway kept re-sending the same signed command; the device never ran it again.
     assert device.motor_runs(cmd_id) == runs_before_cut <= 1
 
-    cloud_order = await site.synced(order["id"], "refund_pending")
+    cloud_order = await site.synced(order["id"], "failed")
     assert cloud_order["items"][0]["unknown"] == 1
