@@ -18,6 +18,7 @@ Endpoints: create / fetch / close a QR code, a QR code's payments, fetch a payme
 refund (``X-Refund-Idempotency``: our refund id), fetch a refund.
 """
 
+import base64
 import json
 import logging
 import re
@@ -182,7 +183,9 @@ class RazorpayClient:
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
-        self._auth = aiohttp.BasicAuth(credentials.key_id, credentials.key_secret)
+        # Built once here (not aiohttp's per-request ``auth=``, deprecated in 3.14).
+        token = base64.b64encode(f"{credentials.key_id}:{credentials.key_secret}".encode())
+        self._auth = f"Basic {token.decode('ascii')}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.key_id = credentials.key_id
 
@@ -199,8 +202,7 @@ class RazorpayClient:
                 method,
                 self._base + path,
                 json=body,
-                auth=self._auth,
-                headers=headers,
+                headers={"Authorization": self._auth, **(headers or {})},
                 timeout=self._timeout,
                 # Never follow a redirect with the key in the Authorization header.
                 allow_redirects=False,

@@ -20,6 +20,7 @@ row does not open.
 """
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -153,6 +154,8 @@ class ProviderRegistry:
         self._session: aiohttp.ClientSession | None = None
         self._cache: dict[str, _Cached] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        # The breakers' clock; tests replace it before the first call to step time.
+        self.clock: Callable[[], float] = time.monotonic
 
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -175,6 +178,7 @@ class ProviderRegistry:
                 # payments_of makes two calls, each under the client's own timeout.
                 call_timeout_s=2 * s.razorpay_timeout_s + 1.0,
                 failure_types=(ProviderUnavailable,),
+                clock=lambda: self.clock(),
                 on_change=_log_change,
             )
             self._breakers[tenant_id] = breaker

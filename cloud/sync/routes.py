@@ -129,14 +129,18 @@ def _intent(row: Any, image_url: str | None = None) -> PaymentIntent:
 
 
 async def _replayed_intent(ctx: CloudContext, row: Any) -> PaymentIntent:
-    """A replay's answer. A QR code without a UPI URI is shown by its image, whose address is
-    not stored: it is asked of the provider again (replays are rare: a lost answer)."""
-    if row.qr_payload is not None or row.provider_ref is None or row.status != "created":
+    """A replay's answer. The QR image's address is not stored, so it is asked of the provider
+    again (replays are rare: a lost answer). Without an answer, a code with a UPI URI is still
+    shown from it; one without is a 503 the gateway retries."""
+    if row.provider == SANDBOX or row.provider_ref is None or row.status != "created":
         return _intent(row)
-    if row.provider == SANDBOX:
+    try:
+        provider = await provider_for(ctx, row.tenant_id, "upi")
+        return _intent(row, (await provider.lookup(row.provider_ref)).image_url)
+    except CloudError:
+        if row.qr_payload is None:
+            raise
         return _intent(row)
-    provider = await provider_for(ctx, row.tenant_id, "upi")
-    return _intent(row, (await provider.lookup(row.provider_ref)).image_url)
 
 
 @api.route(
