@@ -193,6 +193,11 @@ class RazorpayTestServer:
     def clear_faults(self) -> None:
         self.engine.faults.clear()
 
+    @property
+    def faults(self) -> list[dict[str, Any]]:
+        """The live fault rules, each with how often it ``fired``."""
+        return self.engine.faults.public()
+
     def set_webhook_mode(self, **changes: Any) -> None:
         self.dispatcher.set_mode(changes)
 
