@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from contracts.sealing import SealingError
-from edge import dead_letters_cli
+from edge import dead_letters_cli, slots_cli
 from edge.app import Gateway
 from edge.errors import GatewayError
 from edge.settings import GatewaySettings
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return rekey_main(words[1:])
     if words[:1] == ["dead-letters"]:
         return dead_letters_cli.main(words[1:])
+    if words[:1] == ["slots"]:
+        return slots_cli.main(words[1:])
     parser = argparse.ArgumentParser(prog="vending-gateway", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML or JSON settings file")
     parser.add_argument("--log-level", default="INFO")
