@@ -19,6 +19,9 @@ const CATALOG_REFRESH_MS = 15000;
 // this tab only: it survives a reload, so a reloaded kiosk can still start over at the machine.
 const ORDER_KEY = "kiosk.order";
 const IDLE_RETURN_MS = 90000; // back to the menu after a finished order nobody closes
+// A finished order's refund still moving at the provider: asked again this often (the event
+// stream ends with the order), so "being refunded" turns into "refunded" on screen.
+const REFUND_POLL_MS = 3000;
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 
@@ -37,6 +40,7 @@ const state = {
   stopWatch: null,
   refreshTimer: null,
   idleTimer: null,
+  refundTimer: null,
   retry: null,
 };
 
@@ -490,7 +494,23 @@ function renderOrder(order) {
   if (terminal) {
     $("connection").textContent = "";
     if (!state.idleTimer) state.idleTimer = setTimeout(newOrder, IDLE_RETURN_MS);
+    followRefunds(order);
   }
+}
+
+function followRefunds(order) {
+  if (state.refundTimer) clearTimeout(state.refundTimer);
+  state.refundTimer = null;
+  if (!(order.refunds || []).some((refund) => refund.status === "pending")) return;
+  state.refundTimer = setTimeout(async () => {
+    state.refundTimer = null;
+    try {
+      const next = await api.order(order.id);
+      if (state.order && state.order.id === next.id) renderOrder(next);
+    } catch {
+      if (state.order && state.order.id === order.id) followRefunds(order);
+    }
+  }, REFUND_POLL_MS);
 }
 
 async function cancelOrder() {
@@ -511,8 +531,10 @@ async function cancelOrder() {
 async function newOrder() {
   if (state.stopWatch) state.stopWatch();
   if (state.idleTimer) clearTimeout(state.idleTimer);
+  if (state.refundTimer) clearTimeout(state.refundTimer);
   state.stopWatch = null;
   state.idleTimer = null;
+  state.refundTimer = null;
   state.order = null;
   hideNotice();
   show("loading");

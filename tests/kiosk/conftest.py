@@ -1,13 +1,11 @@
 """Fixtures for the kiosk page tests: a real gateway, the real firmware, headless Chromium."""
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from kiosk_support import kiosk_gateway_settings, load_kiosk_site
+from kiosk_support import kiosk_gateway_settings, load_kiosk_site, m1_firmware
 from playwright.async_api import Browser, Page, async_playwright
-from polling import wait_for
 from standalone_site import MachineCreds
 
 from edge.app import Gateway
@@ -44,30 +42,8 @@ async def kiosk_device(
     tmp_path: Path, kiosk_gateway: Gateway, kiosk_creds: dict[str, MachineCreds]
 ) -> AsyncIterator[VirtualDevice]:
     """The real firmware for M1 in the MicroPython unix port, online at the gateway."""
-    m1 = kiosk_creds["M1"]
-    flash = tmp_path / "flash-M1"
-    config: dict[str, object] = {
-        "machine_id": "M1",
-        "mqtt_host": "127.0.0.1",
-        "mqtt_port": kiosk_gateway.mqtt_port,
-        "mqtt_password": m1.secret,
-        "command_key": m1.command_key,
-        "sim_slots": {"A1": 5, "A2": 2},
-        "motor_ms": 50,
-        "drop_timeout_ms": 300,
-        "resend_interval_s": 1,
-    }
-    await asyncio.to_thread(VirtualDevice.install, flash, config)
-    async with VirtualDevice(flash) as dev:
-        await dev.wait_online(timeout=20)
+    async with m1_firmware(kiosk_gateway, kiosk_creds["M1"], tmp_path / "flash-M1") as dev:
         yield dev
-
-    # amqtt's shutdown can hang when it races a client's disconnect, so the gateway is only
-    # stopped once it has seen the device go.
-    async def offline() -> bool:
-        return (await kiosk_gateway.store.device_counts())["online"] == 0
-
-    await wait_for(offline, within=10)
 
 
 @pytest.fixture

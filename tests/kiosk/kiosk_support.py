@@ -1,12 +1,17 @@
 """Helpers for the kiosk page tests: the site the gateway is loaded with, settings, polling."""
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from polling import wait_for
 from standalone_site import Catalog, MachineCreds, machine_state
 
 from contracts.sync import MachineState, StateResponse
 from edge.app import Gateway
 from edge.settings import GatewaySettings
+from tools.virtual_esp32 import VirtualDevice
 
 # slot -> (name, category, price in paise, quantity)
 KIOSK_CATALOG: Catalog = {
@@ -45,3 +50,32 @@ async def load_kiosk_site(gateway: Gateway, creds: dict[str, MachineCreds]) -> N
             ],
         )
     )
+
+
+@contextlib.asynccontextmanager
+async def m1_firmware(
+    gateway: Gateway, m1: MachineCreds, flash: Path
+) -> AsyncIterator[VirtualDevice]:
+    """The real firmware for M1 in the MicroPython unix port, online at ``gateway``."""
+    config: dict[str, object] = {
+        "machine_id": "M1",
+        "mqtt_host": "127.0.0.1",
+        "mqtt_port": gateway.mqtt_port,
+        "mqtt_password": m1.secret,
+        "command_key": m1.command_key,
+        "sim_slots": {"A1": 5, "A2": 2},
+        "motor_ms": 50,
+        "drop_timeout_ms": 300,
+        "resend_interval_s": 1,
+    }
+    await asyncio.to_thread(VirtualDevice.install, flash, config)
+    async with VirtualDevice(flash) as dev:
+        await dev.wait_online(timeout=20)
+        yield dev
+
+    # amqtt's shutdown can hang when it races a client's disconnect, so the gateway is only
+    # stopped once it has seen the device go.
+    async def offline() -> bool:
+        return (await gateway.store.device_counts())["online"] == 0
+
+    await wait_for(offline, within=10)

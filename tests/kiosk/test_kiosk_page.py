@@ -153,14 +153,16 @@ async def test_sold_out_caps_and_stock_conflict(
     await expect(juice).to_contain_text("1 left")
     await expect(page.get_by_test_id("shop-screen")).to_be_visible()
 
-    # Without a cloud the gateway cannot take UPI: the page says so instead of failing.
-    await page.get_by_test_id("error-dismiss").click()
-    await page.get_by_test_id("pay-sandbox").click()
-    await page.get_by_test_id("checkout").click()
-    await expect(message).to_contain_text("UPI payment is not available right now")
+    # Without a cloud the gateway cannot take UPI: the page offers no UPI button and says why.
+    await expect(page.get_by_test_id("pay-sandbox")).to_be_hidden()
+    await expect(page.get_by_test_id("pay-upi")).to_be_hidden()
+    await expect(page.get_by_test_id("upi-unavailable")).to_contain_text(
+        "no connection to the payment service"
+    )
+    await expect(page.get_by_test_id("upi-unavailable")).to_contain_text("pay with cash")
 
     rows = await kiosk_gateway.store.query("SELECT count(*) AS n FROM orders")
-    assert rows[0]["n"] == 2  # the API order and the cancelled sandbox attempt, nothing else
+    assert rows[0]["n"] == 1  # the API order, nothing else
     assert errors == []
 
 
