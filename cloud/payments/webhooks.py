@@ -103,10 +103,10 @@ class _Rejections:
         if now - self.last_log >= _LOG_EVERY_S:
             log.warning(
                 "refused %s webhook(s) with a bad signature or unknown tenant (latest: %s, tenant "
-                "path %.36r)",
+                "path %r)",
                 self.since_log,
                 reason,
-                tenant_id,
+                tenant_id[:40],
             )
             self.since_log = 0
             self.last_log = now
