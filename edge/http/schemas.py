@@ -140,12 +140,31 @@ class CreatedOrder(PublicOrder):
     ]
 
 
+class BreakerSnapshot(BaseModel):
+    """One circuit breaker (``contracts.breaker.CircuitBreaker.snapshot``)."""
+
+    name: str
+    state: Literal["closed", "open", "half_open"]
+    consecutive_failures: int
+    retry_in_s: float
+    opened_total: int
+    failure_threshold: int
+    recovery_s: float
+
+
 class HealthReport(BaseModel):
     """``/health``: ``status`` is ``ok`` or ``degraded``; the parts' details follow."""
 
     model_config = ConfigDict(extra="allow")
 
     status: Literal["ok", "degraded"]
+    breakers: Annotated[
+        dict[str, BreakerSnapshot],
+        Field(
+            description="Circuit breakers by name (gateway_payments: UPI payment requests to "
+            "the cloud); degraded while one is not closed"
+        ),
+    ] = Field(default_factory=dict)
 
 
 class PaymentMethodOption(BaseModel):
