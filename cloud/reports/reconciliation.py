@@ -135,8 +135,8 @@ async def reconciliation(
             by_order[capture.order_id].append(capture)
     for order_id, caps in by_order.items():
         paid_with = orders[order_id].payment_id
-        # The first capture of the order's own payment paid it; any other is a duplicate.
-        caps.sort(key=lambda c: (c.payment_id != paid_with, c.at, c.key))
+        # The capture that paid the order's own payment comes first; any other is owed back.
+        caps.sort(key=lambda c: (not c.paid_ours, c.payment_id != paid_with, c.at, c.key))
 
     refunds = await sources.refunds_for(
         conn,
@@ -227,7 +227,9 @@ def _check_capture(
     what = f"{capture.tender} capture {capture.key} of {capture.amount}"
 
     if order is None:
-        if tally_all.refunded < capture.amount:
+        # Refunds made by hand in the provider's dashboard count too.
+        refunded = max(tally_all.refunded, capture.amount_refunded)
+        if refunded < capture.amount:
             why = (
                 f"it names order {capture.order_id}, which the cloud has not received"
                 if capture.order_id
@@ -236,19 +238,22 @@ def _check_capture(
             found.append(
                 Mismatch(
                     kind="payment_without_order",
-                    amount=capture.amount - tally_all.refunded,
+                    amount=capture.amount - refunded,
                     refund_ids=[r.id for r in linked],
-                    detail=f"{what}: {why}; refunded so far {tally_all.refunded}",
+                    detail=f"{what}: {why}; refunded so far {refunded}",
                     **_ids(capture),
                 )
             )
     else:
-        owed = 0
+        owed, why = 0, ""
         if not primary:
             owed, why = capture.amount, f"a second payment of order {order.id}"
         elif order.status == OrderStatus.CANCELLED.value:
             owed, why = capture.amount, f"order {order.id} was cancelled before it was paid"
         elif capture.amount != order.paid_amount:
+            if not capture.paid_ours:
+                # Not taken as the payment (wrong amount): the cloud refunds it whole.
+                owed, why = capture.amount, "it did not pay the order's payment"
             found.append(
                 Mismatch(
                     kind="amount_mismatch",

@@ -52,6 +52,9 @@ class Capture:
     at: datetime
     qr_code_id: str | None = None
     amount_refunded: int = 0  # as the provider reports it (upi only)
+    # Whether this capture is the one that paid our payment (sandbox: always); a provider
+    # payment that did not (a second one, a wrong amount) is owed back whole.
+    paid_ours: bool = True
 
     @property
     def key(self) -> str:
@@ -144,6 +147,7 @@ async def captures(
             upi_at.label("at"),
             p.c.order_id.label("p_order_id"),
             p.c.machine_id.label("p_machine_id"),
+            p.c.provider_payment_id.label("p_provider_payment_id"),
         )
         .select_from(
             pp.outerjoin(p, sa.and_(p.c.id == pp.c.payment_id, p.c.tenant_id == tenant_id))
@@ -180,6 +184,7 @@ async def captures(
                 at=as_utc(r.at),
                 qr_code_id=r.qr_code_id,
                 amount_refunded=r.amount_refunded,
+                paid_ours=r.p_provider_payment_id == r.id,
             )
         )
     return found
@@ -288,6 +293,7 @@ async def captures_of_orders(
                     at=as_utc(r.captured_at or r.first_seen_at),
                     qr_code_id=r.qr_code_id,
                     amount_refunded=r.amount_refunded,
+                    paid_ours=paid is not None and paid.provider_payment_id == r.id,
                 )
             )
     return found

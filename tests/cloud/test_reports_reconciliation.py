@@ -196,3 +196,23 @@ async def test_reconciliation_refuses_a_bad_date(tenant):
     for params in ({}, {"date": "20310520"}, {"date": "2031-05-32"}, {"date": DAY, "x": "1"}):
         reply = await tenant.admin.call("GET", "/api/v1/reports/reconciliation", params=params)
         assert reply.status == 400, (params, reply.body)
+
+
+async def test_a_wrong_amount_refunded_whole_is_an_amount_mismatch_only(tenant, enroll, cloud):
+    _, mid, out, ledger = await _setup(tenant, enroll, cloud)
+    order = _oid("wrong")
+    qr = "qr_wrongamount01"
+    ours = await ledger.payment(order, mid, 2500, None, status="created", qr_code_id=qr)
+    await out.order(snapshot(order, mid, at(DAY, "10:00"), method="upi", status="cancelled",
+                             items=[item("A1", 2500)], paid=0, payment_id=ours))  # fmt: skip
+    wrong = await ledger.provider_payment(
+        2400, at(DAY, "10:01"), payment_id=ours, order_id=order, qr_code_id=qr
+    )
+    await ledger.refund(f"rf-{wrong}-mismatch", 2400, at(DAY, "10:02"), status="refunded",
+                        reason="unmatched", order_id=order, payment_id=ours,
+                        provider_payment_id=wrong)  # fmt: skip
+    report = await _reconcile(tenant.admin)
+    assert report["counts"]["refund_made_twice"] == 0, report["mismatches"]
+    assert report["counts"]["refund_owed_not_made"] == 0, report["mismatches"]
+    # a cancelled order shows nothing paid; the capture was owed back whole and was refunded
+    assert report["verdict"] == "balanced", report["mismatches"]

@@ -76,7 +76,9 @@ async def _scene(tenant, enroll, cloud):
     )
     await ledger.provider_payment(700, at(DAY, "15:00"))
 
-    # Sandbox at Gym: nothing came out, the refund is still pending; a voided one counts nowhere.
+    # Sandbox at Gym: nothing came out, the refund waits for an operator (manual_review: the
+    # refund worker leaves it alone, a pending one it would send at once); a voided one counts
+    # nowhere.
     o6 = f"o6-{uuid.uuid4()}"
     p6 = await ledger.payment(o6, m2, 1000, at(DAY, "16:00"), provider="sandbox")
     await out.order(
@@ -95,7 +97,7 @@ async def _scene(tenant, enroll, cloud):
         f"rf-{o6}-undispensed",
         1000,
         at(DAY, "16:05"),
-        status="pending",
+        status="manual_review",
         order_id=o6,
         payment_id=p6,
         machine_id=m2,
