@@ -179,6 +179,29 @@ class CloudApi:
     async def order(self, order_id: str) -> dict[str, Any]:
         return dict(await self.request("GET", f"/orders/{order_id}"))
 
+    # --- payments ---------------------------------------------------------------------------------
+
+    async def payment_provider(self) -> dict[str, Any]:
+        """The tenant's provider settings (never its secrets) and the webhook URL to give it."""
+        return dict(await self.request("GET", "/payments/provider"))
+
+    async def set_payment_provider(
+        self,
+        provider: str,
+        key_id: str,
+        *,
+        key_secret: str | None = None,
+        webhook_secret: str | None = None,
+        enabled: bool = True,
+    ) -> dict[str, Any]:
+        """Secrets left out keep the stored ones (both are needed the first time)."""
+        body: dict[str, Any] = {"provider": provider, "key_id": key_id, "enabled": enabled}
+        if key_secret is not None:
+            body["key_secret"] = key_secret
+        if webhook_secret is not None:
+            body["webhook_secret"] = webhook_secret
+        return dict(await self.request("PUT", "/payments/provider", body))
+
     # --- claim codes -----------------------------------------------------------------------------
 
     async def create_claim(

@@ -1,14 +1,24 @@
 """``make demo``: a whole site on this machine, set up the way a technician would.
 
-It starts the cloud (SQLite) and a gateway (embedded amqtt) as their own processes, creates a demo
-tenant with an admin, enrols the gateway with a one-time token, onboards two machines with
-``vendctl machine onboard``, flashes two virtual ESP32s with ``vendctl device flash`` over the
-real ``mpremote``, and waits until both machines are online at the gateway. Then it prints the
-kiosk URL, the cloud URL and the admin credentials, writes them to ``<demo dir>/demo.json``, and
-keeps everything running until Ctrl-C (SIGINT) or SIGTERM, when it stops every process it started.
+It starts the local Razorpay test server (``tools.razorpay_server``), the cloud (SQLite, its
+Razorpay adapter pointed at that server) and a gateway (embedded amqtt) as their own processes,
+creates a demo tenant with an admin, gives the tenant demo Razorpay credentials (set through the
+cloud's API, and the same account registered on the test server with the cloud's webhook URL),
+enrols the gateway with a one-time token, onboards two machines with ``vendctl machine
+onboard``, flashes two virtual ESP32s with ``vendctl device flash`` over the real ``mpremote``,
+and waits until both machines are online at the gateway and offer UPI. Then it prints the kiosk
+URL, the cloud URL, the admin credentials and how to pay a UPI QR code (the test server's page
+``{razorpay_url}/_test/`` or ``POST {razorpay_url}/_test/qr_codes/{qr_code_id}/pay``), writes
+them to ``<demo dir>/demo.json`` (``razorpay_url`` is part of the contract), and keeps
+everything running until Ctrl-C (SIGINT) or SIGTERM, when it stops every process it started.
+So the kiosk's UPI button goes through the real adapter: QR codes, signed webhooks, refunds.
 
-Ports: each process binds the usual default (cloud 8080/8443, gateway 8000, broker 1883; or
-``VENDING_DEMO_CLOUD_PORT``, ``..._SYNC_PORT``, ``..._GATEWAY_PORT``, ``..._MQTT_PORT``) itself;
+``python -m tools.demo coin --port SIM_PORT --amount 1000`` puts a coin into a running virtual
+machine (its simulated HAL's control port; the announcement prints the command for each one).
+
+Ports: each process binds the usual default (cloud 8080/8443, gateway 8000, broker 1883,
+Razorpay test server 9090; or ``VENDING_DEMO_CLOUD_PORT``, ``..._SYNC_PORT``,
+``..._GATEWAY_PORT``, ``..._MQTT_PORT``, ``..._RAZORPAY_PORT``) itself;
 if that fails it is started again on ports the system picks (0), and the demo reads the ports it
 really bound from its own output. No port is probed first, so nothing can take one between a
 check and the bind, and the demo checks the listener it talks to belongs to the process it
@@ -19,9 +29,12 @@ second one refuses to start, naming the first one's pid. ``demo.json`` is remove
 
 Secrets: everything the demo creates is owner-only (umask 077, inherited by every process it
 starts); the admin password reaches ``vending-cloud create-tenant`` and ``vendctl login`` through
-their environment, never their command line, and recorded output is redacted.
+their environment, never their command line, and recorded output is redacted. The demo's
+Razorpay key secret and webhook secret are random per run, travel only in HTTP bodies to the two
+loopback servers, and are neither printed nor written to ``demo.json``.
 """
 
+import argparse
 import asyncio
 import contextlib
 import fcntl
@@ -31,6 +44,7 @@ import re
 import secrets
 import shutil
 import signal
+import string
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,6 +55,7 @@ from typing import IO, Any
 import aiohttp
 
 from provisioning.cloud_api import CloudApi
+from provisioning.errors import CloudApiError
 from tools.virtual_esp32 import VirtualDevice
 
 ADMIN_EMAIL = "admin@demo.example"
@@ -49,13 +64,29 @@ MACHINES = (
     ("Lobby", "Ground floor lobby", "A1:Water:2000:10,A2:Cola:4000:8,B1:Chips:3000:6"),
     ("Canteen", "First floor canteen", "A1:Coffee:3500:12,A2:Juice:4500:6,B1:Chocolate:5000:5"),
 )
+# The cloud's Razorpay adapter, tuned for a person watching: a webhook lost on the way is made
+# up for by polling the QR code within seconds, and a refund the provider refused is retried
+# soon (production keeps the settings' defaults).
+CLOUD_RAZORPAY_ENV = {
+    "VENDING_CLOUD_RAZORPAY_POLL_AFTER_S": "5",
+    "VENDING_CLOUD_RAZORPAY_POLL_INTERVAL_S": "3",
+    "VENDING_CLOUD_REFUND_BACKOFF_BASE_S": "2",
+    "VENDING_CLOUD_REFUND_BACKOFF_MAX_S": "30",
+    "VENDING_CLOUD_REFUND_CHECK_INTERVAL_S": "2",
+    "VENDING_CLOUD_REFUND_CHECK_MAX_S": "30",
+}
+# The test server retries a webhook the cloud did not take after these many seconds (Razorpay
+# itself spreads retries over 24 hours).
+RAZORPAY_RETRY_DELAYS = "1,2,5,15,60"
 START_TIMEOUT_S = 60.0
+SIM_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 10.0
 LOCK_NAME = "demo.lock"
 INFO_NAME = "demo.json"
 # What the processes print once their listeners are bound (cloud/__main__.py, edge/__main__.py).
 CLOUD_READY = re.compile(r"^cloud API (http://\S+)  sync (https://\S+)$")
 GATEWAY_READY = re.compile(r"gateway up: kiosk (http://\S+), mqtt port (\d+)$")
+RAZORPAY_READY = re.compile(r"^razorpay test server on (http://\S+)$")
 # The environment variables the child commands read the password from (never argv).
 CLOUD_ADMIN_PASSWORD_ENV = "VENDING_CLOUD_ADMIN_PASSWORD"
 VENDCTL_PASSWORD_ENV = "VENDCTL_PASSWORD"
@@ -76,6 +107,7 @@ class PreferredPorts:
     cloud_sync: int
     gateway_http: int
     mqtt: int
+    razorpay: int
 
     @classmethod
     def from_env(cls) -> "PreferredPorts":
@@ -88,7 +120,11 @@ class PreferredPorts:
             return int(text)
 
         return cls(
-            port("CLOUD", 8080), port("SYNC", 8443), port("GATEWAY", 8000), port("MQTT", 1883)
+            port("CLOUD", 8080),
+            port("SYNC", 8443),
+            port("GATEWAY", 8000),
+            port("MQTT", 1883),
+            port("RAZORPAY", 9090),
         )
 
 
@@ -164,6 +200,24 @@ def _port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/", 1)[0])
 
 
+def _alnum(n: int) -> str:
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(n))
+
+
+@dataclass(frozen=True)
+class RazorpayCredentials:
+    """The demo tenant's Razorpay account, new every run, in Razorpay's formats (the cloud
+    checks them: ``rzp_test_`` key id, alphanumeric key secret)."""
+
+    key_id: str
+    key_secret: str
+    webhook_secret: str
+
+    @classmethod
+    def new(cls) -> "RazorpayCredentials":
+        return cls(f"rzp_test_{_alnum(14)}", _alnum(32), f"whsec_{_alnum(32)}")
+
+
 def _bin(name: str) -> str:
     """A console script of this virtualenv (``vending-cloud``, ``vendctl``, ...)."""
     path = Path(sys.executable).parent / name
@@ -202,11 +256,17 @@ class Demo:
         self.cloud_url = ""
         self.gateway_url = ""
         self.mqtt_port = 0
+        self.razorpay_url = ""
+        self.razorpay = RazorpayCredentials.new()
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.devices: list[tuple[str, str, VirtualDevice]] = []
         self._pumps: list[asyncio.Task[None]] = []
         # Every secret the demo learns, so no log it writes can hold one.
-        self._secrets: set[str] = {self.admin_password}
+        self._secrets: set[str] = {
+            self.admin_password,
+            self.razorpay.key_secret,
+            self.razorpay.webhook_secret,
+        }
         self._env = {**os.environ, "VENDCTL_CONFIG_DIR": str(self.state / "vendctl")}
 
     def _redact(self, text: str) -> str:
@@ -275,12 +335,14 @@ class Demo:
         preferred: dict[str, int],
     ) -> re.Match[str]:
         """The process on its preferred ports, else (it could not bind them) on ports the
-        system picks: it binds them itself, so no other process can slip in between."""
+        system picks: it binds them itself, so no other process can slip in between.
+        ``preferred`` maps an environment variable, or a command-line option (``--port``), to
+        its port."""
         attempts = (preferred, dict.fromkeys(preferred, 0))
         for ports in attempts:
-            match = await self._spawn(
-                name, argv, env | {k: str(v) for k, v in ports.items()}, ready
-            )
+            options = [f"{k}={v}" for k, v in ports.items() if k.startswith("--")]
+            variables = {k: str(v) for k, v in ports.items() if not k.startswith("--")}
+            match = await self._spawn(name, argv + options, env | variables, ready)
             if match is not None:
                 return match
             wanted = ", ".join(str(port) for port in ports.values())
@@ -317,8 +379,9 @@ class Demo:
             with contextlib.suppress(Exception):
                 await device.__aexit__(None, None, None)
         self.devices.clear()
-        # Gateway before cloud, so its last sync attempt meets a running cloud.
-        for name in ("gateway", "cloud"):
+        # Gateway before cloud, so its last sync attempt meets a running cloud; the Razorpay
+        # test server last, so the cloud's last provider calls meet it too.
+        for name in ("gateway", "cloud", "razorpay"):
             proc = self.processes.pop(name, None)
             if proc is None or proc.returncode is not None:
                 continue
@@ -344,7 +407,63 @@ class Demo:
             "VENDING_CLOUD_DATABASE_URL": f"sqlite+aiosqlite:///{cloud_dir / 'cloud.db'}",
             "VENDING_CLOUD_DATA_DIR": str(cloud_dir),
             "VENDING_CLOUD_SANDBOX_APPROVE_DELAY_S": SANDBOX_APPROVE_DELAY_S,
+            "VENDING_CLOUD_RAZORPAY_API_URL": self.razorpay_url,
+            **CLOUD_RAZORPAY_ENV,
         }
+
+    async def start_razorpay(self, session: aiohttp.ClientSession) -> None:
+        """The local Razorpay test server, before the cloud (whose adapter is pointed at it)."""
+        ready = await self._spawn_on_ports(
+            "razorpay",
+            [sys.executable, "-m", "tools.razorpay_server", "--host", "127.0.0.1",
+             "--retry-delays", RAZORPAY_RETRY_DELAYS],
+            {},
+            RAZORPAY_READY,
+            {"--port": self.preferred.razorpay},
+        )  # fmt: skip
+        self.razorpay_url = ready.group(1)
+        self._check_owner("razorpay", self.razorpay_url)
+        await _wait_until(
+            "the Razorpay test server",
+            lambda: _http_ok(session, f"{self.razorpay_url}/_test/state"),
+        )
+
+    async def configure_razorpay(self, session: aiohttp.ClientSession, api: CloudApi) -> None:
+        """The demo tenant pays through Razorpay: the account on the test server first (webhooks
+        to the cloud's URL for this tenant), then the same credentials in the cloud, which
+        from then on offers UPI to the tenant's gateways."""
+        try:
+            webhook_url = (await api.payment_provider())["webhook_url"]
+        except CloudApiError as exc:
+            raise DemoError(f"reading the tenant's payment settings failed: {exc}") from exc
+        account = {
+            "key_id": self.razorpay.key_id,
+            "key_secret": self.razorpay.key_secret,
+            "webhook_secret": self.razorpay.webhook_secret,
+            "webhook_url": webhook_url,
+        }
+        try:
+            async with session.post(
+                f"{self.razorpay_url}/_test/accounts", json=account
+            ) as response:
+                if response.status != 200:
+                    raise DemoError(
+                        "the Razorpay test server refused the demo account: "
+                        f"HTTP {response.status} {self._redact(await response.text())[:300]}"
+                    )
+        except (aiohttp.ClientError, OSError) as exc:
+            raise DemoError(f"cannot reach the Razorpay test server: {exc}") from exc
+        try:
+            await api.set_payment_provider(
+                "razorpay",
+                self.razorpay.key_id,
+                key_secret=self.razorpay.key_secret,
+                webhook_secret=self.razorpay.webhook_secret,
+            )
+        except CloudApiError as exc:
+            raise DemoError(
+                f"setting the tenant's Razorpay credentials failed: {self._redact(str(exc))}"
+            ) from exc
 
     async def start_cloud(self, session: aiohttp.ClientSession) -> None:
         cloud = _bin("vending-cloud")
@@ -442,23 +561,30 @@ class Demo:
             await device.wait_online(timeout=START_TIMEOUT_S)
 
     async def wait_machines_online(self, session: aiohttp.ClientSession) -> None:
+        """Both machines online at the gateway and selling by UPI there (the gateway pulled
+        the tenant's money policy and its cloud link is up), so the kiosk shows the button."""
         wanted = {machine_id for _, machine_id, _ in self.devices}
 
-        async def online() -> bool:
+        def upi_offered(machine: dict[str, Any]) -> bool:
+            return any(m["method"] == "upi" and m["available"] for m in machine["payment_methods"])
+
+        async def ready() -> bool:
             try:
                 async with session.get(f"{self.gateway_url}/api/v1/machines") as response:
                     machines = (await response.json())["data"]
-            except (aiohttp.ClientError, OSError, ValueError, KeyError):
+                return wanted <= {m["id"] for m in machines if m["online"] and upi_offered(m)}
+            except (aiohttp.ClientError, OSError, ValueError, KeyError, TypeError):
                 return False
-            return wanted <= {m["id"] for m in machines if m["online"]}
 
-        await _wait_until("both machines online at the gateway", online)
+        await _wait_until("both machines online at the gateway and offering UPI", ready)
 
     def describe(self) -> dict[str, Any]:
         return {
             "kiosk_url": f"{self.gateway_url}/kiosk",
             "gateway_url": self.gateway_url,
             "cloud_url": self.cloud_url,
+            "razorpay_url": self.razorpay_url,
+            "razorpay_key_id": self.razorpay.key_id,
             "admin_email": ADMIN_EMAIL,
             "admin_password": self.admin_password,
             "mqtt_port": self.mqtt_port,
@@ -486,11 +612,20 @@ class Demo:
         shutil.rmtree(self.state, ignore_errors=True)
         self.logs.mkdir(mode=0o700, parents=True)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            print("demo: starting the Razorpay test server", flush=True)
+            await self.start_razorpay(session)
+            print(f"demo: Razorpay test server up on {self.razorpay_url}", flush=True)
             print("demo: starting the cloud", flush=True)
             await self.start_cloud(session)
             print(f"demo: cloud up on {self.cloud_url}", flush=True)
             async with CloudApi(self.cloud_url) as api:
                 await api.login(ADMIN_EMAIL, self.admin_password)
+                await self.configure_razorpay(session, api)
+                print(
+                    f"demo: tenant pays by UPI through Razorpay key {self.razorpay.key_id} "
+                    "(the test server)",
+                    flush=True,
+                )
                 print("demo: starting the gateway", flush=True)
                 site_id = await self.start_gateway(session, api)
                 print(f"demo: gateway up on {self.gateway_url}", flush=True)
@@ -504,7 +639,16 @@ class Demo:
         return info
 
 
+def _python() -> str:
+    """This virtualenv's Python as a person in this directory would type it."""
+    exe = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        return str(exe.relative_to(Path.cwd()))
+    return str(exe)
+
+
 def _announce(info: dict[str, Any], path: Path) -> None:
+    rzp = info["razorpay_url"]
     lines = [
         "",
         "  Demo site is up.",
@@ -514,15 +658,48 @@ def _announce(info: dict[str, Any], path: Path) -> None:
         # Only to a terminal: redirected output tends to end up in files others can read.
         f"  Admin:     {info['admin_email']} / "
         + (info["admin_password"] if sys.stdout.isatty() else f"(password in {path})"),
+        f"  Razorpay:  {rzp}  (local test server: no real money moves)",
+        "  Pay by UPI: press UPI on the kiosk, then pay the QR code it shows as a customer's",
+        f"             phone would: open {rzp}/_test/ and press Pay, or run",
+        f"             curl -X POST {rzp}/_test/qr_codes/<qr_code_id>/pay",
+        "             (qr_code_id: on that page, and in the kiosk order's payment.qr_code_id)",
     ]
     for machine in info["machines"]:
-        lines.append(
-            f"  Machine {machine['name']}: {machine['id']} on {machine['serial_port']}, "
-            f'coins: echo \'{{"op":"coin","amount":1000}}\' | nc 127.0.0.1 '
-            f"{machine['sim_port']}"
-        )
+        lines += [
+            f"  Machine {machine['name']}: {machine['id']} on {machine['serial_port']}",
+            f"             insert ₹10 in cash: {_python()} -m tools.demo coin "
+            f"--port {machine['sim_port']} --amount 1000",
+        ]
     lines += [f"  Details:   {path}", f"  Logs:      {info['logs']}", "  Ctrl-C stops it.", ""]
     print("\n".join(lines), flush=True)
+
+
+async def insert_coin(sim_port: int, amount: int) -> dict[str, Any]:
+    """Cash into a running virtual machine, as its coin acceptor would count it: one request
+    to the simulated HAL's control port (docs/firmware.md, "Simulated HAL")."""
+    request = json.dumps({"op": "coin", "amount": amount}).encode() + b"\n"
+    try:
+        async with asyncio.timeout(SIM_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection("127.0.0.1", sim_port)
+            try:
+                writer.write(request)
+                await writer.drain()
+                line = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError) as exc:
+        raise DemoError(
+            f"no virtual machine answered on port {sim_port} ({exc!r}); nothing was inserted"
+        ) from exc
+    try:
+        reply = json.loads(line)
+    except ValueError as exc:
+        raise DemoError(f"unreadable answer from port {sim_port}: {line!r}") from exc
+    if not isinstance(reply, dict) or reply.get("ok") is not True:
+        raise DemoError(f"the machine refused the coin ({reply!r}); nothing was inserted")
+    return reply
 
 
 async def _main(root: Path, ports: PreferredPorts) -> int:
@@ -565,7 +742,46 @@ def private_root(root: Path) -> None:
     os.chmod(root, 0o700)
 
 
-def main() -> int:
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.demo",
+        description="Without a command: bring the demo site up (make demo) until Ctrl-C.",
+    )
+    commands = parser.add_subparsers(dest="command")
+    coin = commands.add_parser(
+        "coin", help="insert cash into a running demo machine (its sim_port is in demo.json)"
+    )
+    coin.add_argument("--port", type=int, required=True, help="the machine's sim_port")
+    coin.add_argument("--amount", type=int, default=1000, help="in paise (default 1000 = ₹10)")
+    args = parser.parse_args(argv)
+    if args.command == "coin":
+        if not 0 < args.port <= 65535:
+            parser.error("--port must be a port number")
+        if args.amount <= 0:
+            parser.error("--amount must be a positive number of paise")
+    return args
+
+
+def coin_main(port: int, amount: int) -> int:
+    try:
+        asyncio.run(insert_coin(port, amount))
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr, flush=True)
+        return 1
+    # The machine counts it and reports it to the gateway: it pays the order waiting for cash
+    # there, or stays on the machine as credit for the next one (no coin return).
+    print(
+        f"₹{amount / 100:.2f} in cash inserted into the machine on port {port}; it pays the "
+        "cash order waiting there, or is kept as that machine's credit",
+        flush=True,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    if args.command == "coin":
+        return coin_main(args.port, args.amount)
     root = Path(os.environ.get("VENDING_DEMO_DIR", "var")).resolve()
     private_root(root)
     lock = DemoLock(root)
