@@ -41,6 +41,7 @@ const state = {
   refreshTimer: null,
   idleTimer: null,
   refundTimer: null,
+  paidSeen: new Map(), // order id -> most cash seen paid while it was open (see orderMessage)
   retry: null,
 };
 
@@ -451,7 +452,10 @@ function renderOrder(order) {
   status.textContent = STATUS_LABELS[order.status] || order.status;
   status.dataset.status = order.status;
   status.className = `status status-${order.status}`;
-  $("order-message").textContent = orderMessage(order);
+  if (awaiting) {
+    state.paidSeen.set(order.id, Math.max(state.paidSeen.get(order.id) || 0, order.paid_amount));
+  }
+  $("order-message").textContent = orderMessage(order, state.paidSeen.get(order.id) || 0);
 
   const total = BigInt(order.total_amount);
   const paid = BigInt(order.paid_amount);
