@@ -6,6 +6,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from e2e_money import rzp, upi_site  # noqa: F401  (fixtures: UPI through the Razorpay test server)
 from e2e_site import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,

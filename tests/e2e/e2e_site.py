@@ -29,17 +29,20 @@ CATALOG = [
 ]
 
 
-def cloud_settings(root: Path, *, http_port: int = 0, sync_port: int = 0) -> CloudSettings:
+def cloud_settings(
+    root: Path, *, http_port: int = 0, sync_port: int = 0, **overrides: Any
+) -> CloudSettings:
     return cloud_test_settings(
         f"sqlite+aiosqlite:///{root / 'cloud.db'}",
         root / "cloud-data",
         http_port=http_port,
         sync_port=sync_port,
         jwt_secret="e2e-secret-" + "x" * 40,
+        **overrides,
     )
 
 
-def gateway_settings(root: Path, cloud_url: str, token: str) -> GatewaySettings:
+def gateway_settings(root: Path, cloud_url: str, token: str, **overrides: Any) -> GatewaySettings:
     return enrolled_gateway_settings(
         root,
         cloud_url,
@@ -51,6 +54,7 @@ def gateway_settings(root: Path, cloud_url: str, token: str) -> GatewaySettings:
         dispense_give_up_s=10.0,
         dispense_command_ttl_s=8,  # must expire before the give-up
         engine_tick_s=0.2,
+        **overrides,
     )
 
 
