@@ -26,7 +26,7 @@ from cloud.db.engine import is_sqlite
 from cloud.db.times import utcnow
 from cloud.errors import CloudError
 from cloud.payments.captures import apply_provider_payment
-from cloud.payments.provider import ProviderUnavailable
+from cloud.payments.provider import ProviderNotConfigured, ProviderUnavailable
 from cloud.payments.razorpay import MIN_CLOSE_AHEAD_S, RAZORPAY
 from cloud.payments.registry import provider_for
 
@@ -111,6 +111,9 @@ async def poll_due(ctx: CloudContext) -> int:
         try:
             provider = await provider_for(ctx, row.tenant_id, "upi")
             found = await provider.payments_of(row.provider_ref)
+        except ProviderNotConfigured:
+            # Credentials removed since: nothing to ask. Webhooks may still come.
+            continue
         except ProviderUnavailable as exc:
             # The breaker counts it; the rest of this tenant's rows wait for the next round.
             unavailable.add(row.tenant_id)

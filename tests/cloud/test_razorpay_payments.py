@@ -176,7 +176,7 @@ async def test_a_failed_probe_opens_it_again(tenant, enroll, upi_tenant, razorpa
     cloud.context.providers.clock = lambda: now[0]
     await upi_tenant()
     mid, gateway = await machine_and_gateway(tenant, enroll)
-    razorpay_server.set_faults("*", "error_500")
+    razorpay_server.set_faults("qr_create", "error_500")
     for _ in range(2):
         assert (
             await gateway.call("POST", "/sync/v1/payments", upi_payment_body(mid))

@@ -110,13 +110,26 @@ async def configure_razorpay(
 
 
 @pytest.fixture
-def upi_tenant(cloud: CloudServer, razorpay_server: RazorpayTestServer, tenant: Tenant) -> Any:
-    """``await upi_tenant()`` configures the default tenant; ``await upi_tenant(other)`` another."""
+async def upi_tenant(
+    cloud: CloudServer, razorpay_server: RazorpayTestServer, tenant: Tenant
+) -> AsyncIterator[Any]:
+    """``await upi_tenant()`` configures the default tenant; ``await upi_tenant(other)`` another.
+
+    Afterwards the tenants' provider rows are removed: the Postgres database is shared by the
+    session, and later tests' clouds would otherwise keep polling these payments (against
+    their own test server, which does not know the key)."""
+    configured: list[str] = []
 
     async def configure(owner: Tenant = tenant, **kwargs: Any) -> RazorpayAccount:
+        configured.append(owner.id)
         return await configure_razorpay(cloud, razorpay_server, owner, **kwargs)
 
-    return configure
+    yield configure
+    if configured:
+        async with cloud.engine.begin() as conn:
+            await conn.execute(
+                t.payment_providers.delete().where(t.payment_providers.c.tenant_id.in_(configured))
+            )
 
 
 def upi_payment_body(
