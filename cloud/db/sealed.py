@@ -210,6 +210,9 @@ async def rekey(engine: AsyncEngine) -> RekeyReport:
         from cloud.sync.dead_letters import reseal as reseal_dead_letters
 
         events += await reseal_dead_letters(conn)
+        from cloud.payments.registry import reseal as reseal_provider_secrets
+
+        await reseal_provider_secrets(conn)
         await _mark_active(conn)
         active = ring_of(conn).active
         retired = list(

@@ -77,6 +77,40 @@ def open_secret(
         raise SealedDataError(str(exc)) from exc
 
 
+async def reseal(conn: AsyncConnection) -> int:
+    """Re-seal every provider secret under the active master key (``vending-cloud rekey``), so
+    an old key can be retired without losing the tenants' credentials."""
+    ring = ring_of(conn)
+    providers = t.payment_providers
+    count = 0
+    rows = await conn.execute(
+        sa.select(providers.c.tenant_id, providers.c.key_secret, providers.c.webhook_secret)
+    )
+    for row in rows.all():
+        values: dict[str, str] = {}
+        for kind in ("key_secret", "webhook_secret"):
+            value = getattr(row, kind)
+            if not ring.needs_reseal(value):
+                continue
+            try:
+                values[kind] = ring.reseal(value, _context(kind, row.tenant_id))
+            except SealingError as exc:
+                raise SealedDataError(f"payment provider of {row.tenant_id}: {exc}") from exc
+        if values:
+            # Guarded by the old values, like the other columns' re-seal.
+            await conn.execute(
+                providers.update()
+                .where(
+                    providers.c.tenant_id == row.tenant_id,
+                    providers.c.key_secret == row.key_secret,
+                    providers.c.webhook_secret == row.webhook_secret,
+                )
+                .values(**values)
+            )
+            count += 1
+    return count
+
+
 async def webhook_secret(conn: AsyncConnection, tenant_id: str) -> tuple[str, str] | None:
     """``(provider, webhook secret)`` of the tenant, or None when it has no provider. A
     disabled provider's webhooks are still verified and applied: money already on its way

@@ -1,10 +1,15 @@
 """The tenant's payment provider credentials and money policy: admins only, secrets write-only
 and sealed at rest, audited, and every change reaches the tenant's gateways."""
 
+import pytest
 import sqlalchemy as sa
 from razorpay_fixtures import new_credentials
 
 from cloud.db import schema as t
+from cloud.db import sealed
+from cloud.db.sealed import SealedDataError
+from cloud.payments.registry import open_secret
+from contracts.sealing import KeyRing
 
 
 def provider_body(**overrides):
@@ -198,3 +203,33 @@ async def test_changes_reach_the_gateways_money_policy(tenant, enroll, cloud):
         "payment_provider.update",
         "payment_provider.delete",
     ]
+
+
+async def test_rekey_reseals_the_provider_secrets(tenant, cloud, settings):
+    body = provider_body()
+    assert (await tenant.admin.call("PUT", "/api/v1/payments/provider", body)).status == 200
+    old = settings.key_ring()
+    new = KeyRing.parse(KeyRing.generate_text("rotated"))
+    await sealed.rekey(
+        sealed.with_keys(cloud.engine, KeyRing(new.active, {**new.keys, **old.keys}))
+    )
+    try:
+        row = await raw_provider_row(cloud, tenant.id)
+    finally:
+        # The PostgreSQL database is shared by the session's tests: back to their key.
+        await sealed.rekey(
+            sealed.with_keys(cloud.engine, KeyRing(old.active, {**old.keys, **new.keys}))
+        )
+    assert row.key_secret.startswith("v1.rotated.") and row.webhook_secret.startswith("v1.rotated.")
+    # The new key alone opens them: the old one may go.
+    async with sealed.with_keys(cloud.engine, new).connect() as conn:
+        assert open_secret(conn, tenant.id, "key_secret", row.key_secret) == body["key_secret"]
+        assert (
+            open_secret(conn, tenant.id, "webhook_secret", row.webhook_secret)
+            == body["webhook_secret"]
+        )
+        # Bound to their tenant and column: copied elsewhere they do not open.
+        with pytest.raises(SealedDataError):
+            open_secret(conn, tenant.id, "webhook_secret", row.key_secret)
+        with pytest.raises(SealedDataError):
+            open_secret(conn, "another-tenant", "key_secret", row.key_secret)
