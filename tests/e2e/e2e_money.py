@@ -7,9 +7,10 @@ public listener. Everything is real and on loopback: cloud (SQLite), gateway wit
 broker, firmware in the MicroPython unix port.
 
 Timings are short so failures and recoveries happen within a test: the cloud's provider breaker
-opens after 2 failures and probes after 0.5 s, the gateway's payments breaker after 2 failures
-and 1 s, refunds are retried after 0.1-0.5 s. The cloud's poll of unpaid QR codes waits 60 s, so
-what a test sees is what the webhooks did (a test of the poller passes its own settings).
+opens after 2 failures and probes after 0.5 s; the gateway's payments breaker opens after 2
+failures and probes when the test moves its clock on (``breaker_clock``); refunds are retried
+after 0.1-0.5 s. The cloud's poll of unpaid QR codes waits 60 s, so what a test sees is what the
+webhooks did (a test of the poller passes its own settings).
 
 tests/e2e/conftest.py registers the fixtures ``rzp`` and ``upi_site``; ``money_site`` makes a
 site with other settings.
@@ -17,6 +18,7 @@ site with other settings.
 
 import contextlib
 import datetime as dt
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +66,23 @@ CLOUD_MONEY_SETTINGS: dict[str, Any] = {
 }
 GATEWAY_MONEY_SETTINGS: dict[str, Any] = {
     "payments_breaker_failures": 2,
-    "payments_breaker_recovery_s": 1.0,
+    # Never reached by itself within a test: a test moves ``MoneySite.breaker_clock`` on.
+    "payments_breaker_recovery_s": 30.0,
     "payments_call_timeout_s": 4.0,
 }
+
+
+class SteppedClock:
+    """``time.monotonic`` that a test can move forward (the gateway's payments breaker)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def step(self, seconds: float) -> None:
+        self.offset += seconds
 
 
 @dataclass
@@ -78,6 +94,7 @@ class MoneySite:
     tenant_id: str
     webhook_url: str
     webhook_secret: str = field(repr=False)
+    breaker_clock: SteppedClock = field(default_factory=SteppedClock)
 
     @property
     def machines(self) -> list[Machine]:
@@ -176,6 +193,18 @@ class MoneySite:
             )
             return [dict(r._mapping) for r in rows]
 
+    async def cloud_breaker(self) -> dict[str, Any]:
+        """The tenant's provider breaker as the cloud's /health shows it."""
+        async with self.site.http.get(f"{self.site.cloud.api_url}/health") as response:
+            assert response.status == 200
+            breakers = (await response.json())["payment_providers"]["breakers"]
+        return dict(breakers[self.tenant_id])
+
+    async def gateway_breaker(self) -> dict[str, Any]:
+        async with self.site.http.get("/health") as response:
+            report = (await response.json())["data"]
+        return dict(report["breakers"]["gateway_payments"])
+
     async def reconciliation(self) -> dict[str, Any]:
         today = dt.datetime.now(dt.UTC).date().isoformat()
         return dict(await self.site.admin.request("GET", f"/reports/reconciliation?date={today}"))
@@ -207,6 +236,7 @@ async def money_site(
     gateway_overrides: dict[str, Any] | None = None,
 ) -> AsyncIterator[MoneySite]:
     """Cloud, gateway and one virtual ESP32 per name in ``machines``, UPI through ``rzp``."""
+    breaker_clock = SteppedClock()
     cloud_values = CLOUD_MONEY_SETTINGS | {"razorpay_api_url": rzp.url} | (cloud_overrides or {})
     gateway_values = GATEWAY_MONEY_SETTINGS | (gateway_overrides or {})
     async with contextlib.AsyncExitStack() as stack:
@@ -225,7 +255,10 @@ async def money_site(
         site_id = (await admin.create_site("E2E site", "Loopback"))["id"]
         token = await admin.enrollment_token(site_id)
         gateway = await stack.enter_async_context(
-            Gateway(gateway_settings(root, cloud.api_url, token, **gateway_values))
+            Gateway(
+                gateway_settings(root, cloud.api_url, token, **gateway_values),
+                breaker_clock=breaker_clock,
+            )
         )
 
         async def enrolled() -> bool:
@@ -252,7 +285,7 @@ async def money_site(
             return all(m.online for m in await gateway.store.list_machines())
 
         await wait_for(all_online)
-        money = MoneySite(site, rzp, tenant_id, webhook_url, creds["webhook_secret"])
+        money = MoneySite(site, rzp, tenant_id, webhook_url, creds["webhook_secret"], breaker_clock)
         for machine in site.machines:
             await money.upi_offered(machine)  # the tenant's policy reached the gateway
         yield money
