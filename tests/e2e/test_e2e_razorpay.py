@@ -1,14 +1,17 @@
 """UPI through the real Razorpay adapter, end to end: kiosk -> gateway -> cloud -> Razorpay test
 server -> signed webhooks -> cloud -> gateway -> firmware, with the webhooks honest, forged,
-duplicated and out of order."""
+duplicated, out of order and lost (the cloud's poll finds the payment)."""
 
 import hashlib
 import hmac
 import json
 from collections import Counter
+from pathlib import Path
 
 import aiohttp
-from e2e_money import MoneySite
+from e2e_money import MoneySite, money_site
+
+from tools.razorpay_server import RazorpayTestServer
 
 
 async def test_upi_order_paid_by_qr_vends_and_the_cloud_records_it_once(
@@ -134,3 +137,36 @@ async def test_duplicate_and_reversed_webhooks_are_applied_once(upi_site: MoneyS
     await money.site.synced(second["id"], "completed")
     report = await money.reconciliation()
     assert report["verdict"] == "balanced", report["mismatches"]
+
+
+async def test_a_payment_whose_webhooks_are_lost_is_found_by_polling_and_vends(
+    tmp_path: Path, rzp: RazorpayTestServer
+) -> None:
+    quick_poll = {"razorpay_poll_after_s": 0.5, "razorpay_poll_interval_s": 0.3}
+    async with money_site(tmp_path, rzp, machines=["Lobby"], cloud_overrides=quick_poll) as money:
+        lobby = money.machines[0]
+        assert lobby.device is not None
+        money.rzp.set_webhook_mode(drop=True)  # Razorpay never tells us
+        order = await money.upi_order(lobby, {"A1": 1})
+        paid = money.rzp.pay(order["payment"]["qr_code_id"])
+
+        done = await money.site.finished(order["id"])
+        assert done["status"] == "completed", done
+        assert lobby.device.motor_runs() == 1
+        assert {d.state for d in money.rzp.deliveries} == {"dropped"}
+        [recorded] = await money.provider_payments()
+        assert (recorded["id"], recorded["source"], recorded["order_id"]) == (
+            paid["id"],
+            "poll",
+            order["id"],
+        )
+
+        # The webhooks turn up after all (redelivered): nothing happens twice.
+        for delivery in money.rzp.deliveries:
+            money.rzp.redeliver(delivery.event_id)
+        await money.all_webhooks_delivered()
+        assert len(await money.provider_payments()) == 1
+        payments = await money.cloud_payments(order["id"])
+        assert [(p["status"], p["amount"]) for p in payments] == [("captured", 2000)]
+        assert await money.cloud_refunds(order["id"]) == []
+        assert lobby.device.motor_runs() == 1
