@@ -70,24 +70,29 @@ async def _claim(ctx: CloudContext, tries: _Tries) -> list[_Claimed]:
     now = utcnow()
     # Another process's claim is respected for at least one backoff base.
     lease = timedelta(seconds=ctx.settings.provider_close_backoff_base_s)
-    async with ctx.engine.begin() as conn:
-        query = (
-            sa.select(
-                t.payments.c.id,
-                t.payments.c.tenant_id,
-                t.payments.c.provider,
-                t.payments.c.provider_ref,
-                t.payments.c.status,
-            )
-            .where(
-                t.payments.c.close_state == "pending",
-                sa.or_(t.payments.c.polled_at.is_(None), t.payments.c.polled_at <= now - lease),
-            )
-            .order_by(t.payments.c.updated_at)
-            .limit(_BATCH * 4)
+    query = (
+        sa.select(
+            t.payments.c.id,
+            t.payments.c.tenant_id,
+            t.payments.c.provider,
+            t.payments.c.provider_ref,
+            t.payments.c.status,
         )
-        if not is_sqlite(ctx.engine):
-            query = query.with_for_update(skip_locked=True)
+        .where(
+            t.payments.c.close_state == "pending",
+            sa.or_(t.payments.c.polled_at.is_(None), t.payments.c.polled_at <= now - lease),
+        )
+        .order_by(t.payments.c.updated_at)
+        .limit(_BATCH * 4)
+    )
+    # A look without a lock first: most rounds find nothing, and on SQLite a write
+    # transaction (BEGIN IMMEDIATE) every round would hold up every other writer.
+    async with ctx.engine.connect() as conn:
+        if not any(tries.due(r.id, now) for r in (await conn.execute(query)).all()):
+            return []
+    if not is_sqlite(ctx.engine):
+        query = query.with_for_update(skip_locked=True)
+    async with ctx.engine.begin() as conn:
         rows = [r for r in (await conn.execute(query)).all() if tries.due(r.id, now)][:_BATCH]
         if rows:
             await conn.execute(

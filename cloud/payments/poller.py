@@ -42,33 +42,38 @@ async def _claim(ctx: CloudContext) -> list[Any]:
     now = utcnow()
     # close_by is max(expires_at, created_at + 125 s) (cloud.payments.razorpay.close_by_for).
     grace = timedelta(seconds=s.razorpay_poll_grace_s)
-    async with ctx.engine.begin() as conn:
-        query = (
-            sa.select(
-                t.payments.c.id,
-                t.payments.c.tenant_id,
-                t.payments.c.provider_ref,
-                t.payments.c.order_id,
-            )
-            .where(
-                t.payments.c.provider == RAZORPAY,
-                t.payments.c.status == "created",
-                t.payments.c.provider_ref.is_not(None),
-                t.payments.c.created_at <= now - timedelta(seconds=s.razorpay_poll_after_s),
-                sa.or_(
-                    t.payments.c.expires_at >= now - grace,
-                    t.payments.c.created_at >= now - grace - timedelta(seconds=MIN_CLOSE_AHEAD_S),
-                ),
-                sa.or_(
-                    t.payments.c.polled_at.is_(None),
-                    t.payments.c.polled_at <= now - timedelta(seconds=s.razorpay_poll_interval_s),
-                ),
-            )
-            .order_by(sa.func.coalesce(t.payments.c.polled_at, t.payments.c.created_at))
-            .limit(_BATCH)
+    query = (
+        sa.select(
+            t.payments.c.id,
+            t.payments.c.tenant_id,
+            t.payments.c.provider_ref,
+            t.payments.c.order_id,
         )
-        if not is_sqlite(ctx.engine):
-            query = query.with_for_update(skip_locked=True)
+        .where(
+            t.payments.c.provider == RAZORPAY,
+            t.payments.c.status == "created",
+            t.payments.c.provider_ref.is_not(None),
+            t.payments.c.created_at <= now - timedelta(seconds=s.razorpay_poll_after_s),
+            sa.or_(
+                t.payments.c.expires_at >= now - grace,
+                t.payments.c.created_at >= now - grace - timedelta(seconds=MIN_CLOSE_AHEAD_S),
+            ),
+            sa.or_(
+                t.payments.c.polled_at.is_(None),
+                t.payments.c.polled_at <= now - timedelta(seconds=s.razorpay_poll_interval_s),
+            ),
+        )
+        .order_by(sa.func.coalesce(t.payments.c.polled_at, t.payments.c.created_at))
+        .limit(_BATCH)
+    )
+    # A look without a lock first: most rounds find nothing, and on SQLite a write
+    # transaction (BEGIN IMMEDIATE) every round would hold up every other writer.
+    async with ctx.engine.connect() as conn:
+        if not (await conn.execute(query)).first():
+            return []
+    if not is_sqlite(ctx.engine):
+        query = query.with_for_update(skip_locked=True)
+    async with ctx.engine.begin() as conn:
         rows = (await conn.execute(query)).all()
         if rows:
             await conn.execute(

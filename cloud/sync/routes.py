@@ -16,7 +16,12 @@ from cloud.db.times import as_utc, utcnow
 from cloud.errors import CloudError, Conflict
 from cloud.http.registry import Api, Call, read_json
 from cloud.models.common import MAX_SAFE_INT, Input
-from cloud.payments.provider import PaymentProvider, PaymentRequest
+from cloud.payments.provider import (
+    PaymentProvider,
+    PaymentRequest,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 from cloud.payments.registry import provider_for
 from cloud.payments.sandbox import SANDBOX
 from cloud.routes.payment_settings import money_policy
@@ -203,11 +208,22 @@ async def create_payment(call: Call) -> PaymentIntent:
     expires_at = now + timedelta(seconds=call.ctx.settings.payment_expiry_s)
     # ProviderUnavailable (503, at once while the tenant's breaker is open) and
     # ProviderRejected (502) reach the gateway as they are: no payment row, nothing charged.
-    created = await provider.create(
-        PaymentRequest(
-            payment_id, body.order_id, body.machine_id, body.amount, body.currency, expires_at
-        )
+    request = PaymentRequest(
+        payment_id, body.order_id, body.machine_id, body.amount, body.currency, expires_at
     )
+    try:
+        created = await provider.create(request)
+    except ProviderUnavailable as exc:
+        raise ProviderUnavailable(
+            f"{exc.message}; no payment was opened and nothing was charged",
+            retry_after_s=exc.retry_after_s,
+        ) from exc
+    except ProviderRejected as exc:
+        raise ProviderRejected(
+            f"{exc.message}; no payment was opened and nothing was charged",
+            http_status=exc.http_status,
+            error_code=exc.error_code,
+        ) from exc
     try:
         async with engine.begin() as conn:
             await conn.execute(
