@@ -473,7 +473,12 @@ async def send_due(ctx: "CloudContext", batch: int = 20) -> int:
     rows = await _claim(ctx.engine, policy, batch)
     woken: list[str] = []
     for row in rows:
-        woken.extend(await _send_one(ctx, row, policy))
+        try:
+            woken.extend(await _send_one(ctx, row, policy))
+        except Exception:
+            # One refund the worker cannot handle (a bug, the database gone mid-way) must not
+            # stop the others; its lease runs out and it is tried again later.
+            log.exception("refund %s could not be processed; it is tried again later", row.id)
     ctx.hub.wake(woken)
     return len(rows)
 
@@ -500,7 +505,8 @@ async def run_refund_worker(ctx: "CloudContext") -> None:
             due_in = await _next_due_in(ctx.engine)
             if due_in is not None:
                 wait = min(wait, due_in + 0.01)
-        except (sa.exc.SQLAlchemyError, OSError):
+        except Exception:
+            # Never let the worker die: refunds would silently stop being sent.
             log.exception("refund worker pass failed; retrying")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):

@@ -455,3 +455,24 @@ async def test_duplicate_and_reordered_server_webhooks(
             .where(t.provider_payments.c.tenant_id == tenant.id)
         )
     assert count == 1
+
+
+async def test_a_tenants_webhook_cannot_touch_another_tenants_payment(
+    tenant, make_tenant, enroll, upi_tenant, cloud, http
+):
+    _, _, _, _, theirs = await upi_payment(tenant, enroll, upi_tenant)
+    stranger = await make_tenant()
+    account = await upi_tenant(stranger)
+    # Correctly signed by the stranger's account, naming the first tenant's payment and QR code.
+    body = credited(theirs, provider_id("pay_"))
+    status, reply = await post_webhook(
+        http, cloud, stranger.id, body, secret=account.webhook_secret
+    )
+    assert (status, reply["data"]["outcome"]) == (200, "unmatched")
+    untouched = await payment(cloud, theirs["payment_id"])
+    assert (untouched.status, untouched.provider_payment_id) == ("created", None)
+    assert await rows(cloud, t.refunds, t.refunds.c.payment_id == theirs["payment_id"]) == []
+    [recorded] = await rows(
+        cloud, t.provider_payments, t.provider_payments.c.tenant_id == stranger.id
+    )
+    assert recorded.payment_id is None
