@@ -1,12 +1,15 @@
 """Refunds through the real Razorpay adapter, end to end: a payment that lands on a cancelled
-order, a jammed unit of a UPI order, and a refund whose first tries meet provider errors (one of
-them made at the provider with its answer lost). Each ends with exactly one refund, processed at
-the Razorpay test server, and the kiosk showing it."""
+or expired order, a jammed unit of a UPI order, and a refund whose first tries meet provider
+errors (one of them made at the provider with its answer lost). Each ends with exactly one
+refund, processed at the Razorpay test server, and the kiosk showing it."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_money import MoneySite
+from e2e_money import MoneySite, money_site
+
+from tools.razorpay_server import RazorpayTestServer
 
 
 def _provider_refunds(money: MoneySite) -> list[tuple[str, int, str, str]]:
@@ -36,7 +39,7 @@ async def test_a_payment_landing_on_a_cancelled_order_is_refunded_once(
     lobby = money.machines[0]
     assert lobby.device is not None
     order = await money.upi_order(lobby, {"A2": 1})
-    payment_id, qr_id = order["payment"]["payment_id"], order["payment"]["qr_code_id"]
+    qr_id = order["payment"]["qr_code_id"]
 
     if how == "after_the_qr_closed":
         # The customer walks away; the cloud closes the QR code; the UPI app pays it anyway.
@@ -55,7 +58,31 @@ async def test_a_payment_landing_on_a_cancelled_order_is_refunded_once(
         money.rzp.set_webhook_mode(hold=False)
         assert money.rzp.release_webhooks() == 3
 
-    refund_id = f"rf-{payment_id}-unserved"
+    await _unserved_refund_made_once(money, order, paid)
+
+
+async def test_a_payment_landing_on_an_expired_order_is_refunded_once(
+    tmp_path: Path, rzp: RazorpayTestServer
+) -> None:
+    short = {"order_payment_timeout_s": 1.0}
+    async with money_site(tmp_path, rzp, machines=["Lobby"], gateway_overrides=short) as money:
+        order = await money.upi_order(money.machines[0], {"A2": 1})
+        expired = await money.site.finished(order["id"])  # nobody paid within the timeout
+        assert expired["status"] == "cancelled" and expired["refunds"] == []
+        await money.site.synced(order["id"], "cancelled")
+        qr_id = order["payment"]["qr_code_id"]
+        await _qr_closed(money, qr_id)
+        paid = money.rzp.pay(qr_id, allow_closed=True)
+        await _unserved_refund_made_once(money, order, paid)
+
+
+async def _unserved_refund_made_once(
+    money: MoneySite, order: dict[str, Any], paid: dict[str, Any]
+) -> None:
+    """The whole payment of an order that ended unpaid comes back once, and is shown."""
+    lobby = money.machines[0]
+    assert lobby.device is not None
+    refund_id = f"rf-{order['payment']['payment_id']}-unserved"
     await _refund_processed(money)
     assert _provider_refunds(money) == [(paid["id"], 3500, "processed", refund_id)]
     [refund] = await money.cloud_refunded(order["id"])
