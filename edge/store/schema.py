@@ -1,5 +1,9 @@
 """Schema of the gateway database, as sqlite-utils migrations (applied in order, once each)."""
 
+import json
+import uuid
+from datetime import UTC, datetime
+
 import sqlite_utils
 
 from edge.store import sealed
@@ -202,3 +206,40 @@ def m007_money(db: sqlite_utils.Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+    _opening_credit_entries(db)
+
+
+def _opening_credit_entries(db: sqlite_utils.Database) -> None:
+    """Free credit that machines already held before credit entries existed gets one opening
+    ``cash_in`` entry (and its outbox event), so the cloud's sum of deltas per machine equals
+    the gateway's balance from the start."""
+    rows = db.execute(
+        "SELECT c.machine_id, c.currency, SUM(c.amount) - COALESCE((SELECT SUM(a.amount) "
+        "FROM cash_allocations a JOIN cash_credits k ON k.id = a.credit_id "
+        "WHERE k.machine_id = c.machine_id AND k.currency = c.currency), 0) AS free "
+        "FROM cash_credits c GROUP BY c.machine_id, c.currency"
+    ).fetchall()
+    at = datetime.now(UTC).isoformat()
+    for machine_id, currency, free in rows:
+        if free <= 0:
+            continue
+        entry_id = f"ce-{uuid.uuid4().hex}"
+        payload = {
+            "entry_id": entry_id,
+            "machine_id": machine_id,
+            "currency": currency,
+            "delta": free,
+            "balance": free,
+            "reason": "cash_in",
+            "order_id": None,
+            "credit_id": None,
+        }
+        db.execute(
+            "INSERT INTO credit_entries (entry_id, machine_id, currency, delta, balance, reason, "
+            "at) VALUES (?, ?, ?, ?, ?, 'cash_in', ?)",
+            [entry_id, machine_id, currency, free, free, at],
+        )
+        db.execute(
+            "INSERT INTO outbox (event_id, type, payload, occurred_at) VALUES (?, ?, ?, ?)",
+            [entry_id, "credit.entry", json.dumps(payload, separators=(",", ":")), at],
+        )

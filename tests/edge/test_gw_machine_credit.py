@@ -15,9 +15,10 @@ from standalone_site import MachineCreds
 
 from contracts.device_messages import CashCredit
 from contracts.orders import OrderStatus, PaymentMethod
-from contracts.sync import MoneyPolicy
+from contracts.sync import CreditEntry, MoneyPolicy
 from edge.app import Gateway
-from edge.store import GatewayStore
+from edge.store import GatewayStore, ledger, schema
+from edge.store.dbthread import open_database
 from edge.store.views import NewOrder, NewOrderLine
 
 
@@ -178,3 +179,40 @@ async def _until(gw: Gateway, order_id: str, status: str) -> None:
         return (await gw.store.get_order(order_id)).status.value == status
 
     await wait_for(reached, within=20)
+
+
+def test_upgrade_opens_the_credit_a_machine_already_held(tmp_path: Path) -> None:
+    """A gateway upgraded to credit entries starts them with the credit its machines held (one
+    opening cash_in each), so the cloud's sum of deltas is the balance from the first event."""
+    db = open_database(tmp_path / "old.sqlite3")
+    db.execute("PRAGMA foreign_keys = OFF")  # no machines table rows needed for this
+    schema.m001_initial(db)
+    schema.m002_cash_allocations(db)
+    db.execute(
+        "INSERT INTO orders (id, machine_id, status, payment_method, total_amount, paid_amount, "
+        "currency, created_at, updated_at, version) VALUES "
+        "('o1', 'M1', 'completed', 'cash', 2000, 2000, 'INR', 'now', 'now', 3)"
+    )
+    for credit_id, machine_id, amount in (("c1", "M1", 3000), ("c2", "M2", 500), ("c3", "M1", 0)):
+        db.execute(
+            "INSERT INTO cash_credits (id, machine_id, amount, currency, received_at) "
+            "VALUES (?, ?, ?, 'INR', 'now')",
+            [credit_id, machine_id, amount],
+        )
+    db.execute(
+        "INSERT INTO cash_allocations (credit_id, order_id, amount, allocated_at) "
+        "VALUES ('c1', 'o1', 2000, 'now')"
+    )
+    schema.m007_money(db)
+    entries = {
+        row["machine_id"]: (row["delta"], row["balance"], row["reason"])
+        for row in db.execute("SELECT * FROM credit_entries").fetchall()
+    }
+    assert entries == {"M1": (1000, 1000, "cash_in"), "M2": (500, 500, "cash_in")}
+    events = [
+        CreditEntry.model_validate_json(row["payload"])
+        for row in db.execute("SELECT payload FROM outbox WHERE type = 'credit.entry'").fetchall()
+    ]
+    assert sorted((e.machine_id, e.delta) for e in events) == [("M1", 1000), ("M2", 500)]
+    assert ledger.machine_credit(db, "M1", "INR") == 1000
+    db.close()
