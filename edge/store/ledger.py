@@ -1203,7 +1203,9 @@ def _correct_timed_out(
     db: Db, cmd: Any, outcome: DispenseOutcome, reason: str | None, device_ts: int
 ) -> None:
     """The device answered after the gateway gave up and recorded ``unknown``: the device knows
-    better, so the counts and the stock follow its answer (the motor still ran at most once)."""
+    better, so the counts and the stock follow its answer (the motor still ran at most once).
+    The slot's failure count is left alone: the answer is about a past dispense, and the ones
+    after it have been counted already."""
     db.execute(
         "UPDATE dispense_commands SET result = ?, reason = ?, resolved_at = ? WHERE cmd_id = ?",
         [outcome.value, reason, now_iso(), cmd["cmd_id"]],
