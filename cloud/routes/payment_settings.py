@@ -24,6 +24,7 @@ from cloud.models.common import Input, Output
 from cloud.payments.razorpay import RAZORPAY
 from cloud.payments.registry import seal_secret
 from cloud.sync.outbox import request_pull
+from contracts.numbers import WHOLE_NUMBER
 from contracts.sync import MoneyPolicy
 
 api = Api("/api/v1")
@@ -79,7 +80,9 @@ class MoneyPolicyIn(Input):
     """Fields left out keep their current value."""
 
     unknown_outcome: Literal["refund", "review"] | None = None
-    disable_slot_after_failures: Annotated[StrictInt, Field(ge=1, le=100)] | None = None
+    disable_slot_after_failures: Annotated[StrictInt, Field(ge=1, le=100), WHOLE_NUMBER] | None = (
+        None
+    )
 
 
 class MoneyPolicyOut(Output):
