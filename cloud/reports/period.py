@@ -23,7 +23,7 @@ def _query_day(value: object) -> object:
 QueryDay = Annotated[
     date,
     BeforeValidator(_query_day),
-    WithJsonSchema({"type": "string", "format": "date"}),
+    WithJsonSchema({"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"}),
     Field(description="A calendar day in UTC, YYYY-MM-DD"),
 ]
 
