@@ -25,6 +25,7 @@ from cloud.payments.poller import run_poll_worker
 from cloud.payments.refunds import run_refund_worker
 from cloud.payments.registry import ProviderRegistry
 from cloud.payments.sandbox import SandboxProvider, run_capture_worker
+from cloud.payments.webhooks import REJECTIONS as webhook_rejections
 from cloud.pki import CertificateAuthority
 from cloud.routes import (
     auth,
@@ -129,8 +130,10 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _health(request: web.Request) -> web.Response:
-    """Liveness plus each tenant's payment-provider circuit breaker (no secrets: tenant ids
-    are already in the webhook URLs given to the provider)."""
+    """Liveness plus how many tenants' payment-provider breakers are in each state, and how
+    many webhook deliveries were refused. Unauthenticated, so it names no tenant: which tenant
+    exists and whose payments are failing is for that tenant's admins
+    (``GET /api/v1/payments/provider`` shows their own breaker)."""
     breakers = request.app[CONTEXT].providers.breakers()
     states = [str(b["state"]) for b in breakers.values()]
     return web.json_response(
@@ -140,8 +143,8 @@ async def _health(request: web.Request) -> web.Response:
                 "open": states.count("open"),
                 "half_open": states.count("half_open"),
                 "closed": states.count("closed"),
-                "breakers": breakers,
             },
+            "webhooks_refused_total": webhook_rejections.total,
         }
     )
 

@@ -194,11 +194,9 @@ class MoneySite:
             return [dict(r._mapping) for r in rows]
 
     async def cloud_breaker(self) -> dict[str, Any]:
-        """The tenant's provider breaker as the cloud's /health shows it."""
-        async with self.site.http.get(f"{self.site.cloud.api_url}/health") as response:
-            assert response.status == 200
-            breakers = (await response.json())["payment_providers"]["breakers"]
-        return dict(breakers[self.tenant_id])
+        """The tenant's provider breaker as its admin sees it (GET /payments/provider)."""
+        provider = await self.site.admin.request("GET", "/payments/provider")
+        return dict(provider["breaker"] or {"state": "closed"})
 
     async def gateway_breaker(self) -> dict[str, Any]:
         async with self.site.http.get("/health") as response:

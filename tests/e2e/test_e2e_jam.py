@@ -1,4 +1,4 @@
-"""A jammed slot: the order ends partially_completed, the failed item is recorded, stock is right."""
+"""A jammed slot: the order ends partially_completed, the failed item is recorded, stock right."""
 
 from e2e_site import Site
 from polling import wait_for
