@@ -108,12 +108,18 @@ class PublicOrder(BaseModel):
     credit_amount: Annotated[
         int,
         Field(
-            description="Cash of this order kept as machine credit: units that did not come "
-            "out, or the coins of a cancelled order"
+            description="Cash of this order kept as machine credit because units did not come out"
         ),
     ] = 0
     overpaid_amount: Annotated[
         int, Field(description="Cash received beyond the total, kept as machine credit")
+    ] = 0
+    cancel_credit_amount: Annotated[
+        int,
+        Field(
+            description="Cash this order had taken when it was cancelled or expired, kept as "
+            "machine credit (there is no coin return; paid_amount is zero after a cancel)"
+        ),
     ] = 0
     refunds: Annotated[
         list[RefundView],

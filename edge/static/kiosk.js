@@ -41,7 +41,6 @@ const state = {
   refreshTimer: null,
   idleTimer: null,
   refundTimer: null,
-  paidSeen: new Map(), // order id -> most cash seen paid while it was open (see orderMessage)
   retry: null,
 };
 
@@ -452,10 +451,7 @@ function renderOrder(order) {
   status.textContent = STATUS_LABELS[order.status] || order.status;
   status.dataset.status = order.status;
   status.className = `status status-${order.status}`;
-  if (awaiting) {
-    state.paidSeen.set(order.id, Math.max(state.paidSeen.get(order.id) || 0, order.paid_amount));
-  }
-  $("order-message").textContent = orderMessage(order, state.paidSeen.get(order.id) || 0);
+  $("order-message").textContent = orderMessage(order);
 
   const total = BigInt(order.total_amount);
   const paid = BigInt(order.paid_amount);

@@ -30,14 +30,13 @@ export function isElectronic(order) {
   return ELECTRONIC.has(order.payment_method);
 }
 
-// Cash an order gave back to the machine credit: its own figure, or for a cancelled cash order
-// the coins it had taken. Cancelling never returns coins (there is no coin return): the gateway
-// moves them to the machine credit and zeroes the order's paid amount, so the page passes the
-// most it saw paid while the order was open (paidSeen).
-function cashKept(order, paidSeen) {
+// Cash an order gave back to the machine credit: units that did not come out, or the coins a
+// cancelled order had taken (there is no coin return: the gateway moves them to the machine
+// credit and says how much in cancel_credit_amount).
+function cashKept(order) {
   if (order.credit_amount > 0) return order.credit_amount;
-  if (order.status !== "cancelled" || order.payment_method !== "cash") return 0;
-  return Math.max(order.paid_amount, paidSeen || 0);
+  if (order.status !== "cancelled") return 0;
+  return order.cancel_credit_amount || 0;
 }
 
 function keptAsCredit(amount, currency) {
@@ -46,8 +45,8 @@ function keptAsCredit(amount, currency) {
 
 // The headline under the status. Every sentence about money says what happened to it; a refund
 // is mentioned only when one exists (order.refunds), with where it stands (moneyNotes).
-export function orderMessage(order, paidSeen = 0) {
-  const kept = cashKept(order, paidSeen);
+export function orderMessage(order) {
+  const kept = cashKept(order);
   const refunds = order.refunds || [];
   switch (order.status) {
     case "awaiting_payment":

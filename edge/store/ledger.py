@@ -192,9 +192,20 @@ def load_order(db: Db, order_id: str) -> OrderView | None:
         refund_amount=row["refund_amount"],
         credit_amount=row["credit_amount"],
         overpaid_amount=row["overpaid_amount"],
+        cancel_credit_amount=_cancel_credit(db, row),
         refunds=refunds,
         machine_credit=machine_credit(db, row["machine_id"], row["currency"]),
     )
+
+
+def _cancel_credit(db: Db, row: Any) -> int:
+    if row["status"] != OrderStatus.CANCELLED.value:
+        return 0
+    released = db.execute(
+        "SELECT COALESCE(SUM(delta), 0) FROM credit_entries WHERE order_id = ? AND reason = ?",
+        [row["id"], CreditReason.ORDER_CANCELLED.value],
+    ).fetchone()[0]
+    return int(released)
 
 
 def _payment_view(db: Db, row: Any) -> PaymentView:

@@ -78,6 +78,9 @@ class OrderView(_View):
     credit_amount: int = 0
     # Cash received for this order beyond its total, kept as machine credit.
     overpaid_amount: int = 0
+    # Cash a cancelled (or expired) order had taken, given back to the machine credit at cancel
+    # (its paid_amount is zeroed then). Local to the gateway: the cloud sees the credit entry.
+    cancel_credit_amount: int = 0
     refunds: list[RefundView] = Field(default_factory=list)
     # Free cash credit at the order's machine now (pays the next cash order there).
     machine_credit: int = 0

@@ -72,6 +72,7 @@ async def test_cancel_with_coins_in_keeps_them_as_credit(store: GatewayStore) ->
     assert cancelled.status is OrderStatus.CANCELLED and cancelled.paid_amount == 0
     # The order says where the coins are: machine credit for the next cash order.
     assert cancelled.machine_credit == 1000
+    assert cancelled.cancel_credit_amount == 1000  # what the kiosk says is kept as credit
     assert await entries(store) == [
         ("cash_in", 1000, 1000),
         ("order_payment", -1000, 0),
