@@ -8,6 +8,13 @@ before it is ever published), publishes it, re-publishes the same bytes every
 ``dispense_give_up_s``. A unit never gets a second command id, so the motor runs at most once
 for it.
 
+When every unit of a paid order has an outcome, the store ends it (``edge.store.ledger``): all
+dispensed ``completed``, some ``partially_completed``, none ``failed``, and in the same
+transaction gives back the value of the units that did not come out: a ``refund.request``
+(``rf-<order>-undispensed``, or ``rf-<order>-held`` for unknown units under the tenant's
+``review`` policy) for upi/sandbox, machine credit for cash. ``refund_pending`` is only found
+on orders from gateways before refunds; no new order enters it.
+
 Electronic orders (``upi``, ``sandbox``) ask the cloud for a payment through the
 ``gateway_payments`` circuit breaker (``contracts.breaker``): after
 ``payments_breaker_failures`` failures or timeouts in a row it opens, and a UPI order is refused

@@ -13,6 +13,7 @@ vends spread over ``--machines`` machines at once; the ratio shows what concurre
 
 import argparse
 import asyncio
+import json
 import logging
 import statistics
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 import aiohttp
 
 from contracts.credentials import hash_secret, new_command_key, new_mqtt_secret
+from contracts.orders import TERMINAL_ORDER_STATUSES, OrderStatus
 from contracts.sync import CatalogItemState, MachineState, StateResponse
 from edge.app import Gateway
 from edge.settings import GatewaySettings
@@ -55,10 +57,16 @@ async def _vend(http: aiohttp.ClientSession, device: VirtualDevice, machine_id: 
         started = time.perf_counter()
         await device.sim("coin", amount=PRICE)
         async for line in stream.content:
-            if line.startswith(b"data:") and b'"status":"completed"' in line:
-                return time.perf_counter() - started
-            if line.startswith(b"data:") and b'"status":"refund_pending"' in line:
-                raise RuntimeError(f"vend of {order_id} failed")
+            if not line.startswith(b"data:"):
+                continue
+            seen = time.perf_counter()
+            status = json.loads(line[len(b"data:") :])["status"]
+            if status == OrderStatus.COMPLETED:
+                return seen - started
+            # Any other end (failed, partially_completed, cancelled): the unit did not come out,
+            # so this vend is no figure; the order's refund or machine credit is the gateway's.
+            if status in TERMINAL_ORDER_STATUSES:
+                raise RuntimeError(f"vend of {order_id} ended {status}, not completed")
     raise RuntimeError(f"stream of {order_id} ended before completion")
 
 
