@@ -12,8 +12,9 @@ When every unit of a paid order has an outcome, the store ends it (``edge.store.
 dispensed ``completed``, some ``partially_completed``, none ``failed``, and in the same
 transaction gives back the value of the units that did not come out: a ``refund.request``
 (``rf-<order>-undispensed``, or ``rf-<order>-held`` for unknown units under the tenant's
-``review`` policy) for upi/sandbox, machine credit for cash. ``refund_pending`` is only found
-on orders from gateways before refunds; no new order enters it.
+``review`` policy) for upi/sandbox, machine credit for cash (unknown cash units under
+``review`` are held, not credited). ``refund_pending`` is only found on orders from gateways
+before refunds; no new order enters it.
 
 Electronic orders (``upi``, ``sandbox``) ask the cloud for a payment through the
 ``gateway_payments`` circuit breaker (``contracts.breaker``): after
