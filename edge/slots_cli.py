@@ -5,43 +5,25 @@ gateway (the kiosk stops selling it). After clearing the jam, the technician at 
 it on again here; the gateway records a ``slot.state`` event (reason ``technician``) that the
 cloud learns of on the next push. Operators do the same from the cloud (``enable_rev``).
 
-Works on the database named by the same settings as the gateway (``--config`` or the
-environment), beside a running gateway: SQLite WAL lets it read while the gateway writes, and an
-enable is one short write transaction (the kiosk sells the slot at once; the event goes out
-within ``sync_pull_interval_s``). Exit codes: 0 done, 1 refused (no such machine or slot),
-2 usage or invalid settings, 3 database missing, not upgraded, locked or unreadable.
+Runs beside a running gateway like every offline command (``edge.offline_cli``: settings,
+exit codes); an enable is one short write transaction, so the kiosk sells the slot at once and
+the event goes out within ``sync_pull_interval_s``. Refused (exit 1): no such machine or slot.
 """
 
 import argparse
 import json
-import sqlite3
-import sys
-from pathlib import Path
 
 import sqlite_utils
-from pydantic import ValidationError
 
 from edge.errors import CatalogItemNotFound
-from edge.settings import GatewaySettings
+from edge.offline_cli import EXIT_REFUSED, CommandFailed, config_option, has_column, run, write
 from edge.store import ledger
-from edge.store.dbthread import open_database
 
 PROG = "vending-gateway slots"
-EXIT_REFUSED, EXIT_USAGE, EXIT_DATABASE = 1, 2, 3
-
-
-class _Failure(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _parser() -> argparse.ArgumentParser:
-    config = argparse.ArgumentParser(add_help=False)
-    # Accepted before or after the subcommand; SUPPRESS keeps a later default from erasing it.
-    config.add_argument(
-        "--config", type=Path, default=argparse.SUPPRESS, help="TOML or JSON settings file"
-    )
+    config = config_option()
     parser = argparse.ArgumentParser(
         prog=PROG, description="List a machine's slots or enable a disabled one.", parents=[config]
     )
@@ -55,24 +37,6 @@ def _parser() -> argparse.ArgumentParser:
     enable.add_argument("machine_id")
     enable.add_argument("slot")
     return parser
-
-
-def _open(settings: GatewaySettings) -> sqlite_utils.Database:
-    path = settings.db_path
-    if not path.is_file():
-        raise _Failure(f"no gateway database at {path}", EXIT_DATABASE)
-    try:
-        db = open_database(path)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(catalog)").fetchall()}
-    except sqlite3.Error as exc:
-        raise _Failure(f"cannot read {path}: {exc}", EXIT_DATABASE) from exc
-    if "enabled" not in columns:
-        db.close()
-        raise _Failure(
-            f"{path} has no slot switches yet: start the gateway once to upgrade it",
-            EXIT_DATABASE,
-        )
-    return db
 
 
 def _list(db: sqlite_utils.Database, machine_id: str | None, as_json: bool) -> None:
@@ -104,21 +68,17 @@ def _enable(db: sqlite_utils.Database, machine_id: str, slot: str) -> None:
         [machine_id, slot],
     ).fetchone()
     if row is None:
-        raise _Failure(f"machine {machine_id} has no slot {slot}", EXIT_REFUSED)
+        raise CommandFailed(f"machine {machine_id} has no slot {slot}", EXIT_REFUSED)
     try:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            changed = ledger.set_slot_enabled(
+        changed = write(
+            db,
+            "enable",
+            lambda: ledger.set_slot_enabled(
                 db, row["id"], enabled=True, reason=ledger.SLOT_TECHNICIAN
-            )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            ),
+        )
     except CatalogItemNotFound as exc:  # removed between the two statements
-        raise _Failure(f"machine {machine_id} has no slot {slot}", EXIT_REFUSED) from exc
-    except sqlite3.Error as exc:
-        raise _Failure(f"enable failed, nothing changed: {exc}", EXIT_DATABASE) from exc
+        raise CommandFailed(f"machine {machine_id} has no slot {slot}", EXIT_REFUSED) from exc
     if changed:
         print(f"slot {slot} of machine {machine_id} enabled: the kiosk sells it again")
     else:
@@ -127,24 +87,11 @@ def _enable(db: sqlite_utils.Database, machine_id: str, slot: str) -> None:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    try:
-        try:
-            settings = GatewaySettings.load(getattr(args, "config", None))
-        except ValidationError as exc:
-            raise _Failure(
-                f"invalid settings: {exc.error_count()} error(s), first: "
-                f"{exc.errors()[0]['loc']} {exc.errors()[0]['msg']}",
-                EXIT_USAGE,
-            ) from exc
-        db = _open(settings)
-        try:
-            if args.command == "list":
-                _list(db, args.machine_id, args.json)
-            else:
-                _enable(db, args.machine_id, args.slot)
-        finally:
-            db.close()
-    except _Failure as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.code
-    return 0
+
+    def command(db: sqlite_utils.Database) -> None:
+        if args.command == "list":
+            _list(db, args.machine_id, args.json)
+        else:
+            _enable(db, args.machine_id, args.slot)
+
+    return run(PROG, args, has_column("catalog", "enabled"), command)
