@@ -56,7 +56,8 @@ import aiohttp
 
 from provisioning.cloud_api import CloudApi
 from provisioning.errors import CloudApiError
-from tools.virtual_esp32 import VirtualDevice
+from tools.virtual_esp32 import SimControlError, VirtualDevice
+from tools.virtual_esp32.device import sim_request
 
 ADMIN_EMAIL = "admin@demo.example"
 SANDBOX_APPROVE_DELAY_S = "2"
@@ -79,7 +80,6 @@ CLOUD_RAZORPAY_ENV = {
 # itself spreads retries over 24 hours).
 RAZORPAY_RETRY_DELAYS = "1,2,5,15,60"
 START_TIMEOUT_S = 60.0
-SIM_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 10.0
 LOCK_NAME = "demo.lock"
 INFO_NAME = "demo.json"
@@ -677,29 +677,12 @@ def _announce(info: dict[str, Any], path: Path) -> None:
 async def insert_coin(sim_port: int, amount: int) -> dict[str, Any]:
     """Cash into a running virtual machine, as its coin acceptor would count it: one request
     to the simulated HAL's control port (docs/firmware.md, "Simulated HAL")."""
-    request = json.dumps({"op": "coin", "amount": amount}).encode() + b"\n"
     try:
-        async with asyncio.timeout(SIM_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection("127.0.0.1", sim_port)
-            try:
-                writer.write(request)
-                await writer.drain()
-                line = await reader.readline()
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-    except (OSError, TimeoutError) as exc:
+        return await sim_request(sim_port, "coin", amount=amount)
+    except SimControlError as exc:
         raise DemoError(
-            f"no virtual machine answered on port {sim_port} ({exc!r}); nothing was inserted"
+            f"the machine on port {sim_port} took no coin ({exc}); nothing was inserted"
         ) from exc
-    try:
-        reply = json.loads(line)
-    except ValueError as exc:
-        raise DemoError(f"unreadable answer from port {sim_port}: {line!r}") from exc
-    if not isinstance(reply, dict) or reply.get("ok") is not True:
-        raise DemoError(f"the machine refused the coin ({reply!r}); nothing was inserted")
-    return reply
 
 
 async def _main(root: Path, ports: PreferredPorts) -> int:

@@ -69,6 +69,33 @@ _HOLD_CAP_S = 2.0
 _INTERRUPT_MEMORY_S = 3.0
 
 
+async def sim_request(port: int, op: str, **kwargs: object) -> dict[str, object]:
+    """One request to a running virtual device's simulated HAL control port (a line of JSON
+    each way, docs/firmware.md "Simulated HAL"); raises SimControlError when nothing answers,
+    the answer is unreadable, or the device refused it."""
+    request = json.dumps({"op": op, **kwargs}).encode() + b"\n"
+    try:
+        async with asyncio.timeout(_SIM_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(request)
+                await writer.drain()
+                line = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError) as exc:
+        raise SimControlError(f"sim {op}: {exc!r}") from exc
+    try:
+        reply = json.loads(line)
+    except ValueError as exc:
+        raise SimControlError(f"sim {op}: unreadable reply {line!r}") from exc
+    if not isinstance(reply, dict) or reply.get("ok") is not True:
+        raise SimControlError(f"sim {op} refused: {reply!r}")
+    return reply
+
+
 class VirtualDevice:
     """Async context manager around the firmware process; ``__aexit__`` stops it (``close``).
 
@@ -277,27 +304,7 @@ class VirtualDevice:
         """One request to the simulated HAL's control port; raises SimControlError if refused."""
         if self.port is None:
             raise SimControlError("device is not running")
-        request = json.dumps({"op": op, **kwargs}).encode() + b"\n"
-        try:
-            async with asyncio.timeout(_SIM_TIMEOUT_S):
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                try:
-                    writer.write(request)
-                    await writer.drain()
-                    line = await reader.readline()
-                finally:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
-        except (OSError, TimeoutError) as exc:
-            raise SimControlError(f"sim {op}: {exc!r}") from exc
-        try:
-            reply = json.loads(line)
-        except ValueError as exc:
-            raise SimControlError(f"sim {op}: unreadable reply {line!r}") from exc
-        if not isinstance(reply, dict) or reply.get("ok") is not True:
-            raise SimControlError(f"sim {op} refused: {reply!r}")
-        return reply
+        return await sim_request(self.port, op, **kwargs)
 
     async def wait_output(
         self,
