@@ -2,12 +2,12 @@
 with the refund id as idempotency key, retries provider errors with backoff, hands the hopeless
 ones to operators, and operators retry or resolve them (audit-logged, tenant-scoped)."""
 
-import uuid
 from pathlib import Path
 
 import pytest
 from money_support import (
     audit_rows,
+    captured_sandbox_payment,
     channel_payloads,
     event,
     payment,
@@ -83,27 +83,7 @@ async def paid_upi(site, razorpay_server, cloud, poll, amount=2500):
 
 
 async def paid_sandbox(site, cloud, poll, amount=2500):
-    order_id = str(uuid.uuid4())
-    reply = await site.gateway.call(
-        "POST",
-        "/sync/v1/payments",
-        {
-            "order_id": order_id,
-            "machine_id": site.machine_id,
-            "amount": amount,
-            "currency": "INR",
-            "method": "sandbox",
-            "idempotency_key": f"idem-{uuid.uuid4().hex}",
-        },
-    )
-    assert reply.status == 201, reply.body
-    payment_id = reply.data["payment_id"]
-
-    async def captured():
-        return (await payment(cloud, payment_id)).status == "captured"
-
-    await poll(captured)
-    return order_id, payment_id
+    return await captured_sandbox_payment(site.gateway, site.machine_id, cloud, poll, amount)
 
 
 async def reaches(cloud, poll, refund_id, status):

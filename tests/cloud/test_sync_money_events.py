@@ -5,6 +5,7 @@ import uuid
 
 import sqlalchemy as sa
 from money_support import (
+    captured_sandbox_payment,
     channel_payloads,
     event,
     payment,
@@ -21,31 +22,6 @@ async def site_machine_gateway(tenant, enroll):
     site = await tenant.site()
     machine = (await tenant.machine(site["id"]))["machine"]
     return machine, await enroll(site["id"], tenant)
-
-
-async def captured_sandbox_payment(gateway, machine_id, cloud, poll, amount=2500):
-    """A sandbox payment for a new order, captured by the sandbox worker."""
-    order_id = str(uuid.uuid4())
-    reply = await gateway.call(
-        "POST",
-        "/sync/v1/payments",
-        {
-            "order_id": order_id,
-            "machine_id": machine_id,
-            "amount": amount,
-            "currency": "INR",
-            "method": "sandbox",
-            "idempotency_key": f"idem-{uuid.uuid4().hex}",
-        },
-    )
-    assert reply.status == 201, reply.body
-    payment_id = reply.data["payment_id"]
-
-    async def captured():
-        return (await payment(cloud, payment_id)).status == "captured"
-
-    await poll(captured)
-    return order_id, payment_id
 
 
 async def test_refund_request_is_recorded_once_and_sent(tenant, enroll, cloud, poll):

@@ -12,16 +12,14 @@ from e2e_site import (
     ADMIN_PASSWORD,
     Site,
     cloud_settings,
-    device_config,
     gateway_settings,
-    onboard,
+    start_machines,
 )
 from polling import wait_for
 
 from cloud.server import CloudServer
 from edge.app import Gateway
 from provisioning.cloud_api import CloudApi
-from tools.virtual_esp32 import VirtualDevice
 
 
 @pytest.fixture
@@ -49,24 +47,6 @@ async def bare_site(tmp_path: Path) -> AsyncIterator[Site]:
 @pytest.fixture
 async def site(bare_site: Site) -> AsyncIterator[Site]:
     """``bare_site`` plus two machines onboarded through the API, each with its firmware online."""
-    site, gateway = bare_site, bare_site.gateway
-    site.machines = [await onboard(site.admin, site.site_id, n) for n in ("Lobby", "Canteen")]
-
-    async def machines_pulled() -> bool:
-        return len(await gateway.store.list_machines()) == len(site.machines)
-
-    await wait_for(machines_pulled)
     async with contextlib.AsyncExitStack() as stack:
-        for machine in site.machines:
-            flash = site.root / f"flash-{machine.id}"
-            VirtualDevice.install(flash, device_config(machine, gateway.mqtt_port))
-            machine.device = await stack.enter_async_context(VirtualDevice(flash))
-        for machine in site.machines:
-            assert machine.device is not None
-            await machine.device.wait_online(timeout=20)
-
-        async def all_online() -> bool:
-            return all(m.online for m in await gateway.store.list_machines())
-
-        await wait_for(all_online)
-        yield site
+        await start_machines(bare_site, stack, ("Lobby", "Canteen"))
+        yield bare_site

@@ -34,9 +34,8 @@ from e2e_site import (
     Machine,
     Site,
     cloud_settings,
-    device_config,
     gateway_settings,
-    onboard,
+    start_machines,
 )
 from polling import wait_for
 from razorpay_fixtures import new_credentials
@@ -46,7 +45,6 @@ from cloud.server import CloudServer
 from edge.app import Gateway
 from provisioning.cloud_api import CloudApi
 from tools.razorpay_server import RazorpayTestServer
-from tools.virtual_esp32 import VirtualDevice
 
 # Quick enough for a test, in the same proportions as production (breaker timeout above the
 # provider timeout, so the cloud answers 503 before the gateway gives up on it).
@@ -265,24 +263,7 @@ async def money_site(
         await wait_for(enrolled)
         http = await stack.enter_async_context(aiohttp.ClientSession(base_url=gateway.http_url))
         site = Site(root, cloud, admin, site_id, gateway, http)
-        site.machines = [await onboard(admin, site_id, name) for name in machines]
-
-        async def machines_pulled() -> bool:
-            return len(await gateway.store.list_machines()) == len(site.machines)
-
-        await wait_for(machines_pulled)
-        for machine in site.machines:
-            flash = root / f"flash-{machine.id}"
-            VirtualDevice.install(flash, device_config(machine, gateway.mqtt_port))
-            machine.device = await stack.enter_async_context(VirtualDevice(flash))
-        for machine in site.machines:
-            assert machine.device is not None
-            await machine.device.wait_online(timeout=20)
-
-        async def all_online() -> bool:
-            return all(m.online for m in await gateway.store.list_machines())
-
-        await wait_for(all_online)
+        await start_machines(site, stack, machines)
         money = MoneySite(site, rzp, tenant_id, webhook_url, creds["webhook_secret"], breaker_clock)
         for machine in site.machines:
             await money.upi_offered(machine)  # the tenant's policy reached the gateway

@@ -5,6 +5,8 @@ embedded amqtt broker, enrolled over the cloud's API and talking mTLS, and the f
 in the MicroPython unix port under a 96K heap.
 """
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,3 +152,29 @@ def device_config(machine: Machine, mqtt_port: int) -> dict[str, object]:
         "resend_interval_s": 1,
         "health_interval_s": 5,
     }
+
+
+async def start_machines(
+    site: Site, stack: contextlib.AsyncExitStack, names: Sequence[str]
+) -> None:
+    """Onboard one machine per name through the API, wait until the gateway has pulled them,
+    start each one's firmware (closed with ``stack``) and wait until all are online."""
+    gateway = site.gateway
+    site.machines = [await onboard(site.admin, site.site_id, name) for name in names]
+
+    async def machines_pulled() -> bool:
+        return len(await gateway.store.list_machines()) == len(site.machines)
+
+    await wait_for(machines_pulled)
+    for machine in site.machines:
+        flash = site.root / f"flash-{machine.id}"
+        VirtualDevice.install(flash, device_config(machine, gateway.mqtt_port))
+        machine.device = await stack.enter_async_context(VirtualDevice(flash))
+    for machine in site.machines:
+        assert machine.device is not None
+        await machine.device.wait_online(timeout=20)
+
+    async def all_online() -> bool:
+        return all(m.online for m in await gateway.store.list_machines())
+
+    await wait_for(all_online)

@@ -242,3 +242,32 @@ async def audit_rows(cloud: CloudServer, tenant_id: str, refund_id: str) -> list
         t.operator_audit.c.target_id == refund_id,
     )
     return sorted(found, key=lambda r: r.created_at)
+
+
+async def captured_sandbox_payment(
+    gateway: Any, machine_id: str, cloud: CloudServer, poll: Any, amount: int = 2500
+) -> tuple[str, str]:
+    """A sandbox payment created through the gateway's sync API and captured by the cloud;
+    returns (order_id, payment_id)."""
+    """A sandbox payment for a new order, captured by the sandbox worker."""
+    order_id = str(uuid.uuid4())
+    reply = await gateway.call(
+        "POST",
+        "/sync/v1/payments",
+        {
+            "order_id": order_id,
+            "machine_id": machine_id,
+            "amount": amount,
+            "currency": "INR",
+            "method": "sandbox",
+            "idempotency_key": f"idem-{uuid.uuid4().hex}",
+        },
+    )
+    assert reply.status == 201, reply.body
+    payment_id = reply.data["payment_id"]
+
+    async def captured() -> bool:
+        return (await payment(cloud, payment_id)).status == "captured"
+
+    await poll(captured)
+    return order_id, payment_id
