@@ -107,8 +107,8 @@ def _rotate_jwt_key(settings: CloudSettings, args: argparse.Namespace) -> None:
 
 
 async def _rekey(settings: CloudSettings) -> None:
-    """Re-seal command keys and phone numbers under the active master key (key ids only are
-    printed, never a key)."""
+    """Re-seal command keys, phone numbers and payment provider secrets under the active master
+    key (key ids only are printed, never a key)."""
     prepare_storage(settings)
     try:
         ring = settings.key_ring()
@@ -123,7 +123,8 @@ async def _rekey(settings: CloudSettings) -> None:
     retired = ", ".join(report.retired_keys)
     print(
         f"re-sealed under master key {ring.active!r}: {report.command_keys} command keys, "
-        f"{report.phones} phone numbers, {report.events} synced order events"
+        f"{report.phones} phone numbers, {report.events} synced order events, "
+        f"{report.provider_secrets} payment provider secrets"
         + (f"; keys no longer used: {retired}" if retired else "")
     )
 
@@ -143,7 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "rekey",
-        help="re-seal device keys and phone numbers under the first (active) master key",
+        help="re-seal device keys, phone numbers and payment provider secrets under the first "
+        "(active) master key",
     )
     rotate = sub.add_parser(
         "rotate-jwt-key",

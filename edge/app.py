@@ -213,11 +213,13 @@ class Gateway:
         return {
             "status": "ok" if healthy else "degraded",
             "breakers": breakers,
-            # Events the cloud refused sit aside until someone fixes and retries them.
+            # Events the cloud refused, and payment confirmations this gateway could not apply,
+            # sit aside until someone looks at them.
             "dead_letters": {
                 "count": dead,
                 "reason": (
-                    f"{dead} sync event(s) refused by the cloud: vending-gateway dead-letters list"
+                    f"{dead} dead letter(s) (sync events the cloud refused, or payment "
+                    "confirmations this gateway could not apply): vending-gateway dead-letters list"
                     if dead
                     else None
                 ),

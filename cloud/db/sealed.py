@@ -126,6 +126,7 @@ class RekeyReport:
     phones: int
     events: int
     retired_keys: list[str]
+    provider_secrets: int = 0
 
 
 async def _reseal_column(
@@ -212,7 +213,7 @@ async def rekey(engine: AsyncEngine) -> RekeyReport:
         events += await reseal_dead_letters(conn)
         from cloud.payments.registry import reseal as reseal_provider_secrets
 
-        await reseal_provider_secrets(conn)
+        provider_secrets = await reseal_provider_secrets(conn)
         await _mark_active(conn)
         active = ring_of(conn).active
         retired = list(
@@ -223,4 +224,4 @@ async def rekey(engine: AsyncEngine) -> RekeyReport:
             ).all()
         )
         await conn.execute(t.sealing_keys.delete().where(t.sealing_keys.c.kid != active))
-    return RekeyReport(keys, phones, events, sorted(retired))
+    return RekeyReport(keys, phones, events, sorted(retired), provider_secrets)
