@@ -315,6 +315,10 @@ class PaymentCreate(_Model):
     currency: Currency
     method: Literal["sandbox", "upi"]
     idempotency_key: Annotated[str, Field(min_length=8, max_length=128)]
+    # How long the gateway keeps the order open for payment (its order_payment_timeout_s): the
+    # provider's QR code closes then too, so nobody pays for an order the gateway has expired.
+    # Absent (older gateways): the cloud's payment_expiry_s.
+    pay_within_s: Annotated[StrictInt, Field(ge=1, le=86_400), WHOLE_NUMBER] | None = None
 
 
 class PaymentIntent(_Model):

@@ -1,6 +1,7 @@
 """The mTLS sync API a gateway calls: push events, pull state, create payments."""
 
 import logging
+import math
 import uuid
 from datetime import timedelta
 from typing import Annotated, Any
@@ -205,7 +206,10 @@ async def create_payment(call: Call) -> PaymentIntent:
     provider = await provider_for(call.ctx, gateway.tenant_id, body.method)
     payment_id = str(uuid.uuid4())
     now = utcnow()
-    expires_at = now + timedelta(seconds=call.ctx.settings.payment_expiry_s)
+    # The QR code closes when the gateway gives up on the order (never later than the cloud's
+    # own limit); the provider adds its minimum (Razorpay: 2 minutes ahead).
+    expiry_s = min(call.ctx.settings.payment_expiry_s, body.pay_within_s or math.inf)
+    expires_at = now + timedelta(seconds=expiry_s)
     # ProviderUnavailable (503, at once while the tenant's breaker is open) and
     # ProviderRejected (502) reach the gateway as they are: no payment row, nothing charged.
     request = PaymentRequest(

@@ -26,6 +26,7 @@ beforehand which methods work now.
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -206,6 +207,7 @@ class VendEngine:
             currency=view.currency,
             method="upi" if method is PaymentMethod.UPI else "sandbox",
             idempotency_key=view.id,
+            pay_within_s=math.ceil(self._settings.order_payment_timeout_s),
         )
 
         async def create() -> PaymentIntent:

@@ -77,6 +77,22 @@ async def test_upi_payment_opens_a_qr_code(
     )
 
 
+async def test_close_by_follows_the_gateways_order_timeout(
+    tenant, enroll, upi_tenant, razorpay_server, cloud
+):
+    """The QR code closes when the gateway expires the order (pay_within_s), not at the cloud's
+    longer limit: nobody can pay for an order the gateway has already given up on."""
+    await upi_tenant()
+    mid, gateway = await machine_and_gateway(tenant, enroll)
+    assert cloud.settings.payment_expiry_s > 300
+    before = int(time.time())
+    body = upi_payment_body(mid) | {"pay_within_s": 300}
+    reply = await gateway.call("POST", "/sync/v1/payments", body)
+    assert reply.status == 201, reply.body
+    qr = qr_on_server(razorpay_server, reply.data["provider_ref"])
+    assert before + 299 <= qr["close_by"] <= before + 305
+
+
 async def test_close_by_is_at_least_two_minutes_ahead(
     tenant, enroll, upi_tenant, razorpay_server, cloud
 ):
