@@ -77,6 +77,10 @@ class CloudSettings(BaseSettings):
     login_password_checks: int = Field(default=2, ge=1, le=10)
 
     sandbox_approve_delay_s: float = Field(default=1.0, ge=0)
+    # The sandbox provider captures every payment by itself: anyone at a kiosk choosing it gets
+    # the goods for nothing. Off unless a test or trial turns it on; when off, sandbox payments
+    # are refused (409 provider_not_configured) and gateways stop offering the method.
+    sandbox_payments: bool = False
     payment_expiry_s: int = Field(default=900, gt=0)
     # Razorpay (cloud/payments/razorpay.py). The API base is the cloud's, never a tenant's: a
     # tenant-set URL would let anyone with admin rights make the cloud call any address (SSRF).

@@ -282,6 +282,11 @@ class MoneyPolicy(_Model):
     disable_slot_after_failures: Annotated[StrictInt, Field(ge=1, le=100), WHOLE_NUMBER] = 3
     # Whether the tenant has an electronic provider (UPI) configured at all.
     upi_enabled: bool = False
+    # Whether the cloud runs the self-capturing sandbox provider (tests and trials only: it gives
+    # away whatever is ordered). The cloud refuses sandbox payments when it is off; the gateway
+    # uses this to stop offering them. Clouds from before this field accept sandbox payments, so
+    # its absence means on.
+    sandbox_enabled: bool = True
 
 
 class MachineState(_Model):

@@ -229,6 +229,10 @@ class ProviderRegistry:
         self, engine: AsyncEngine, tenant_id: str, method: Method | str
     ) -> PaymentProvider:
         if method == "sandbox":
+            if not self._settings.sandbox_payments:
+                raise ProviderNotConfigured(
+                    "sandbox payments are off on this cloud (they give goods away: tests only)"
+                )
             return self.sandbox
         if method != "upi":
             raise ProviderNotConfigured(f"payment method {method!r} is not offered")

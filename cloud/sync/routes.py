@@ -91,8 +91,9 @@ async def pull_state(call: Call) -> StateResponse:
         ).all()
         items = await catalogs(conn, [r.id for r in rows])
         # A site belongs to one tenant, but each machine names its own: ask per tenant once.
+        sandbox = {"sandbox_enabled": call.ctx.settings.sandbox_payments}
         policies = {
-            tenant_id: await money_policy(conn, tenant_id)
+            tenant_id: (await money_policy(conn, tenant_id)).model_copy(update=sandbox)
             for tenant_id in sorted({r.tenant_id for r in rows})
         }
     machines = [

@@ -35,7 +35,7 @@ from typing import NoReturn, Protocol
 
 from contracts.breaker import CircuitBreaker, CircuitOpen
 from contracts.orders import ELECTRONIC_METHODS, PaymentMethod
-from contracts.sync import PaymentCreate, PaymentIntent
+from contracts.sync import MoneyPolicy, PaymentCreate, PaymentIntent
 from edge.backoff import Backoff
 from edge.errors import CloudRejected, CloudUnavailable, DeviceLinkError, PaymentUnavailable
 from edge.metrics import BREAKER_STATE_VALUES, GatewayMetrics
@@ -61,7 +61,8 @@ _UNAVAILABLE_TEXT = {
     "Nothing was charged; please pay with cash.",
     SERVICE_UNAVAILABLE: "UPI is unavailable right now: the payment service is not answering. "
     "Nothing was charged; please pay with cash.",
-    NOT_ENABLED: "UPI is not offered at this machine. Nothing was charged; please pay with cash.",
+    NOT_ENABLED: "This way of paying is not offered at this machine. Nothing was charged; please "
+    "pay with cash.",
     REFUSED: "The payment service refused this UPI payment. Nothing was charged; please pay "
     "with cash.",
 }
@@ -153,11 +154,11 @@ class VendEngine:
     async def payment_methods(self, machine_id: str) -> list[MethodAvailability]:
         """What the kiosk may offer at ``machine_id`` now: cash always; UPI only when the
         tenant enabled it, the cloud link is up and the payments breaker lets a call through;
-        the sandbox (tests) under the last two."""
+        the sandbox (tests) only when the cloud runs it, under the last two."""
         policy = await self._store.money_policy(machine_id)
         methods = [MethodAvailability(PaymentMethod.CASH, True)]
         for method in (PaymentMethod.UPI, PaymentMethod.SANDBOX):
-            reason = self._unavailable(method, upi_enabled=policy.upi_enabled)
+            reason = self._unavailable(method, policy)
             if reason is None:
                 methods.append(MethodAvailability(method, True))
             else:
@@ -172,8 +173,10 @@ class VendEngine:
                 )
         return methods
 
-    def _unavailable(self, method: PaymentMethod, *, upi_enabled: bool) -> str | None:
-        if method is PaymentMethod.UPI and not upi_enabled:
+    def _unavailable(self, method: PaymentMethod, policy: MoneyPolicy) -> str | None:
+        if method is PaymentMethod.UPI and not policy.upi_enabled:
+            return NOT_ENABLED
+        if method is PaymentMethod.SANDBOX and not policy.sandbox_enabled:
             return NOT_ENABLED
         if self._payments is None or (
             self._payments_ready is not None and not self._payments_ready()
@@ -192,10 +195,8 @@ class VendEngine:
         """Ask the cloud for the order's payment, or cancel the order (stock released, nothing
         charged) and raise ``PaymentUnavailable``: at once when the method cannot work now."""
         method = view.payment_method
-        upi_enabled = True
-        if method is PaymentMethod.UPI:
-            upi_enabled = (await self._store.money_policy(view.machine_id)).upi_enabled
-        reason = self._unavailable(method, upi_enabled=upi_enabled)
+        policy = await self._store.money_policy(view.machine_id)
+        reason = self._unavailable(method, policy)
         if reason is not None:
             await self._refuse(view, reason, fast=True)
         assert self._payments is not None  # _unavailable said OFFLINE otherwise

@@ -72,6 +72,8 @@ def cloud_test_settings(database_url: str, data_dir: Path, **overrides: Any) -> 
         "password_hash_memory_cost": 8,
         "password_hash_parallelism": 1,
         "sandbox_approve_delay_s": 0.3,
+        # Most tests pay with the sandbox; tests/security/test_sec_sandbox_off.py runs without.
+        "sandbox_payments": True,
         "worker_poll_interval_s": 0.2,
         "channel_poll_interval_s": 0.2,
     }
