@@ -1,7 +1,8 @@
 """``make demo`` as a newcomer runs it: a whole site comes up, a kiosk client asking for the
-sandbox (which gives goods away) is refused, a UPI purchase goes through the cloud's Razorpay adapter and the local
-Razorpay test server (paid as the announcement says, with its pay endpoint), the announced coin
-command puts cash on a machine, and Ctrl-C leaves no process behind."""
+sandbox (which gives goods away) is refused, a UPI purchase goes through the cloud's Razorpay
+adapter and the local Razorpay test server (paid as the announcement says, with its pay
+endpoint), the announced coin command puts cash on a machine, and Ctrl-C leaves no process
+behind."""
 
 import asyncio
 import json
