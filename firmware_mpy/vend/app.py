@@ -8,15 +8,27 @@ import random
 import sys
 from time import ticks_diff, ticks_ms
 
-from vend import VERSION, commands, config, hal, reports
+from micropython import const
+
+from vend import VERSION, commands, reports
 from vend.clock import Clock
 from vend.dispenser import Dispenser
 from vend.journal import CASH, DISPENSE, Journal, JournalError
 from vend.mqtt import MQTTClient, MQTTError
 
-_MAX_PACKET = 4608  # contracts.device_messages.MAX_PAYLOAD_BYTES plus topic and headers
-_COMMAND_QUEUE = 8
-_CONNECT_TIMEOUT_MS = 10000
+_MAX_PACKET = const(4608)  # contracts.device_messages.MAX_PAYLOAD_BYTES plus topic and headers
+_COMMAND_QUEUE = const(8)
+_GC_EVERY = const(4096)  # bytes allocated between collections
+_CONNECT_TIMEOUT_MS = const(10000)
+# What the running device still reads from the config (the rest served the boot: a smaller
+# dict stays in the heap).
+_RUNTIME_KEYS = const(
+    (
+        "mqtt_host", "mqtt_port", "mqtt_user", "mqtt_password", "mqtt_keepalive_s",
+        "backoff_min_ms", "backoff_max_ms", "resend_interval_s", "health_interval_s",
+        "currency", "down_key",
+    )
+)  # fmt: skip
 _LINK_ERRORS = (OSError, MQTTError, EOFError, asyncio.TimeoutError)
 
 
@@ -39,6 +51,7 @@ class Device:
         self.lost = asyncio.Event()
         self.client = None
         self.started = ticks_ms()
+        self.cfg = {k: cfg[k] for k in _RUNTIME_KEYS}
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -303,17 +316,49 @@ class Device:
             asyncio.create_task(self.cash_watcher()),
         ]
         gc.collect()
+        # Collect after every few KB allocated instead of when the heap is full: garbage is
+        # freed while it is still small holes, so the heap fragments less (docs/firmware.md).
+        gc.threshold(_GC_EVERY)
         print("READY heap_free", gc.mem_free())
         await asyncio.gather(*tasks)
 
 
-def main():
+def _forget(name):
+    # Boot-only modules: drop every reference so their code and constants are collected
+    # (the heap is the scarce resource, docs/firmware.md "Heap").
+    sys.modules.pop("vend." + name, None)
+    import vend
+
+    try:
+        delattr(vend, name)
+    except AttributeError:
+        pass
+
+
+def _boot():
+    """-> (cfg, hal) or None if the config cannot be used. The config loader and the HAL
+    chooser run once; their modules are forgotten afterwards."""
+    from vend import config, hal
+
     try:
         cfg = config.load()
     except config.ConfigError as exc:
         print("FATAL config:", exc)
+        return None
+    finally:
+        _forget("config")
+    hw = hal.create(cfg)
+    _forget("hal")
+    return cfg, hw
+
+
+def main():
+    setup = _boot()
+    if setup is None:
         return
-    device = Device(cfg, hal.create(cfg))
+    device = Device(setup[0], setup[1])
+    del setup
+    gc.collect()
     try:
         asyncio.run(device.run())
     except Exception as exc:

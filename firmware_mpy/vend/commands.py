@@ -3,11 +3,13 @@
 # received, machine id, body fields. Counter, expiry and the journal are the dispenser's business.
 import json
 
+from micropython import const
+
 from vend import hmac
 
 VERSION = 1
-_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
-_SLOT_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_ID_CHARS = const("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_SLOT_CHARS = const("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
 class Refused(Exception):
@@ -43,7 +45,7 @@ def open_signed(payload, key, machine_id):
         raise Refused("malformed_envelope")
     if env.get("v") != VERSION:
         raise Refused("bad_version")
-    if not hmac.compare(hmac.hexdigest(key, body_text.encode()), sig):
+    if not hmac.compare(hmac.hexdigest(key, body_text), sig):
         raise Refused("bad_signature")
     try:
         body = json.loads(body_text)

@@ -21,8 +21,8 @@ DEFAULTS: dict = {
     "hal": "auto",  # "auto" | "sim" | "esp32"
     "motor_ms": 800,
     "drop_timeout_ms": 3000,
-    "journal_keep": 64,  # ids of acked dispenses remembered (older ones: counter refuses)
-    "journal_keep_results": 5,  # of those, the newest kept with their signed result for replays
+    "journal_keep": 16,  # ids of acked dispenses remembered (older ones: counter refuses)
+    "journal_keep_results": 2,  # of those, the newest kept with their signed result for replays
     "telemetry_queue": 16,
     "backoff_min_ms": 500,
     "backoff_max_ms": 30000,

@@ -1,7 +1,10 @@
 # HMAC-SHA256 (RFC 2104) on top of hashlib.sha256; MicroPython has no hmac module.
 import hashlib
+from binascii import hexlify
 
-_BLOCK = 64
+from micropython import const
+
+_BLOCK = const(64)
 
 
 def _pad(key, byte):
@@ -24,7 +27,8 @@ def digest(key, msg):
 
 
 def hexdigest(key, msg):
-    return "".join("%02x" % b for b in digest(key, msg))
+    # msg may be a str (its UTF-8 bytes are hashed): no encoded copy of a message is made
+    return hexlify(digest(key, msg)).decode()
 
 
 def compare(a, b):

@@ -16,8 +16,8 @@ _PUBACK = const(0x40)
 _SUBSCRIBE = const(0x82)
 _SUBACK = const(0x90)
 _PINGRESP = const(0xD0)
-_PINGREQ = b"\xc0\x00"
-_DISCONNECT = b"\xe0\x00"
+_PINGREQ = const(b"\xc0\x00")
+_DISCONNECT = const(b"\xe0\x00")
 _MAX_LENGTH = const(268435455)  # largest value four remaining-length bytes can carry
 
 
@@ -77,12 +77,18 @@ def connect_packet(client_id, user, password, keepalive, clean=False, will=None)
     return packet(_CONNECT, head + payload)
 
 
-def publish_packet(topic, msg, qos=0, retain=False, pid=0, dup=False):
+def publish_header(topic, msg_len, qos=0, retain=False, pid=0, dup=False):
+    """Everything of a PUBLISH before the message: sent separately, so a message is never
+    copied into a packet (the heap holds it once, docs/firmware.md "Heap")."""
     first = _PUBLISH | (qos << 1) | (1 if retain else 0) | (0x08 if dup else 0)
     body = _utf8(topic)
     if qos:
         body += struct.pack("!H", pid)
-    return packet(first, body + msg)
+    return bytes((first,)) + encode_length(len(body) + msg_len) + body
+
+
+def publish_packet(topic, msg, qos=0, retain=False, pid=0, dup=False):
+    return publish_header(topic, len(msg), qos, retain, pid, dup) + msg
 
 
 def subscribe_packet(pid, topics):
@@ -134,11 +140,13 @@ class MQTTClient:
         self._pid = self._pid % 65535 + 1
         return self._pid
 
-    async def _send(self, data):
+    async def _send(self, data, more=None):
         if self._writer is None:
             raise MQTTError("not connected")
         async with self._lock:
             self._writer.write(data)
+            if more:
+                self._writer.write(more)
             await self._writer.drain()
 
     async def _read_packet(self):
@@ -196,6 +204,12 @@ class MQTTClient:
         self._reader, self._writer = await asyncio.wait_for_ms(
             asyncio.open_connection(host, port), timeout_ms
         )
+        try:
+            # Nagle off: a small packet sent behind another unacked one waited for the broker's
+            # delayed ACK (~40 ms). IPPROTO_TCP 6, TCP_NODELAY 1 on Linux and lwIP alike.
+            self._writer.s.setsockopt(6, 1, 1)
+        except (AttributeError, OSError):
+            pass  # a port without the option keeps Nagle: slower, still correct
         await self._send(
             connect_packet(
                 self._client_id, self._user, self._password, self._keepalive, False, self._will
@@ -245,7 +259,7 @@ class MQTTClient:
         self._waiting[pid] = slot
         try:
             for attempt in range(retries + 1):
-                await self._send(data_for(pid, attempt > 0))
+                await self._send(*data_for(pid, attempt > 0))
                 try:
                     await asyncio.wait_for_ms(arrived.wait(), timeout_ms)
                     return slot[1]
@@ -259,16 +273,18 @@ class MQTTClient:
         if isinstance(msg, str):
             msg = msg.encode()
         if not qos:
-            await self._send(publish_packet(topic, msg, 0, retain))
+            await self._send(publish_header(topic, len(msg), 0, retain), msg)
             return
         await self._await_ack(
-            lambda pid, dup: publish_packet(topic, msg, 1, retain, pid, dup), timeout_ms, retries
+            lambda pid, dup: (publish_header(topic, len(msg), 1, retain, pid, dup), msg),
+            timeout_ms,
+            retries,
         )
 
     async def subscribe(self, topics, timeout_ms=5000):
         """-> the granted QoS per topic filter, 0x80 where the broker refused it."""
         granted = await self._await_ack(
-            lambda pid, _dup: subscribe_packet(pid, topics), timeout_ms, 0
+            lambda pid, _dup: (subscribe_packet(pid, topics),), timeout_ms, 0
         )
         if len(granted) != len(topics):
             raise MQTTError("SUBACK does not match SUBSCRIBE")

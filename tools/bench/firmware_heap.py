@@ -140,7 +140,7 @@ def _failure(device: VirtualDevice, exc: BaseException | None) -> str:
 
 async def _one_run(
     gateway: Gateway, http: aiohttp.ClientSession, flash: Path, mid: str, creds: tuple[str, str],
-    size_k: int, total: int, vends: int,
+    size_k: int, total: int, vends: int, verbose: bool,
 ) -> Run:  # fmt: skip
     run = Run(size_k)
     VirtualDevice.install(
@@ -183,6 +183,8 @@ async def _one_run(
         run.peak_used = max(run.samples)
     if not run.ok:
         run.why = _failure(device, error)
+        if verbose:
+            print("\n".join("    | " + line for line in device.output_lines[-25:]))
     return run
 
 
@@ -190,7 +192,7 @@ def _fmt(n: float | None) -> str:
     return "-" if n is None else f"{n:,.0f}"
 
 
-async def run(sizes: list[int], reps: int, vends: int, root: Path) -> int:
+async def run(sizes: list[int], reps: int, vends: int, root: Path, verbose: bool = False) -> int:
     totals = {k: heap_total(k) for k in sizes}
     settings = GatewaySettings(
         data_dir=root / "gateway", http_port=0, mqtt_port=0, zeroconf_enabled=False,
@@ -217,7 +219,7 @@ async def run(sizes: list[int], reps: int, vends: int, root: Path) -> int:
                 mid = ids[(size_k, rep)]
                 one = await _one_run(
                     gateway, http, root / f"flash-{mid}", mid, creds[mid], size_k,
-                    totals[size_k], vends,
+                    totals[size_k], vends, verbose,
                 )  # fmt: skip
                 results[size_k].append(one)
                 state = "ok" if one.ok else f"FAILED after {one.vends} vends ({one.why})"
@@ -283,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 96K and 64K, 1 run, 3 vends"
     )
+    parser.add_argument("--verbose", action="store_true", help="print the output of failed runs")
     args = parser.parse_args(argv)
     sizes = [int(s.strip().rstrip("Kk")) for s in args.sizes.split(",") if s.strip()]
     if args.quick:
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted(set(sizes), reverse=True)
     logging.getLogger("amqtt").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="fw-heap-bench-") as tmp:
-        asyncio.run(run(sizes, args.reps, args.vends, Path(tmp)))
+        asyncio.run(run(sizes, args.reps, args.vends, Path(tmp), args.verbose))
     return 0
 
 
