@@ -145,6 +145,7 @@ async def test_changes_reach_the_gateways_money_policy(tenant, enroll, cloud):
         "unknown_outcome": "refund",
         "disable_slot_after_failures": 3,
         "upi_enabled": False,
+        "sandbox_enabled": True,  # the test cloud runs the sandbox (cloud_test_settings)
     }
 
     assert (
@@ -167,6 +168,7 @@ async def test_changes_reach_the_gateways_money_policy(tenant, enroll, cloud):
         "unknown_outcome": "review",
         "disable_slot_after_failures": 3,
         "upi_enabled": True,
+        "sandbox_enabled": True,
     }
     cursor = pulled.data["cursor"]
 
