@@ -124,7 +124,11 @@ async def test_provider_errors_then_success_make_one_refund(
     )
     assert made["notes"]["refund_id"] == refund_id
     assert (done.attempts, done.provider_payment_id, done.source) == (2, pay_id, "gateway")
-    assert await statuses_told(cloud, site.gateway, refund_id) == ["failed", "pending", "refunded"]
+    # The lost answer and Razorpay's refund.processed webhook race: the gateway may hear
+    # "failed" for the second try before or never (the webhook won). Either way it hears the
+    # first failure first and "refunded" last, once.
+    told = await statuses_told(cloud, site.gateway, refund_id)
+    assert told[0] == "failed" and told[-1] == "refunded" and told.count("refunded") == 1, told
     assert (await payment(cloud, payment_id)).status == "captured"
 
 
