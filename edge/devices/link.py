@@ -44,6 +44,11 @@ _REFUSAL_LOG_MAX = 4096
 # publish on its logs topic; unbounded, that fills the gateway's disk.
 DEVICE_LOG_BURST = 60
 DEVICE_LOG_PER_S = 1.0
+# Messages are handled in arrival order per machine, but machines do not wait for each other:
+# handled one at a time, each machine's store commit and ack publish held up every other
+# machine's dispense result (most of a vend at 20 machines). A machine with this many messages
+# waiting makes the receive loop wait, as a slow handler did before.
+MACHINE_BACKLOG = 64
 
 SUBSCRIPTIONS = (
     f"{topics.ROOT}/+/status/#",
@@ -69,6 +74,8 @@ class DeviceLink:
         self._task: asyncio.Task[None] | None = None
         self._refusals_logged: dict[tuple[str, str], float] = {}
         self._log_budget: dict[str, tuple[float, float]] = {}  # machine -> (tokens, at)
+        self._lanes: dict[str, asyncio.Queue[tuple[str, bytes]]] = {}  # machine -> backlog
+        self._lane_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -97,6 +104,10 @@ class DeviceLink:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        for task in self._lane_tasks:
+            task.cancel()
+        await asyncio.gather(*self._lane_tasks, return_exceptions=True)
+        self._lanes.clear()
         await self._disconnect()
 
     async def _disconnect(self) -> None:
@@ -162,13 +173,30 @@ class DeviceLink:
                 raise DeviceLinkError("broker connection closed") from None
             if message is None:
                 raise DeviceLinkError("broker connection closed")
-            payload = bytes(message.data or b"")
+            await self._dispatch(message.topic, bytes(message.data or b""))
+
+    async def _dispatch(self, topic_name: str, payload: bytes) -> None:
+        """Queue the message on its machine's lane (started on first use; it lives as long as
+        the link), in arrival order; waits only while that machine's lane is full."""
+        parts = topics.split(topic_name)
+        key = parts[0] if parts is not None else ""
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = asyncio.Queue(MACHINE_BACKLOG)
+            task = asyncio.create_task(self._drain(lane), name=f"device-link-{key}")
+            self._lane_tasks.add(task)
+            task.add_done_callback(self._lane_tasks.discard)
+        await lane.put((topic_name, payload))
+
+    async def _drain(self, lane: "asyncio.Queue[tuple[str, bytes]]") -> None:
+        while True:
+            topic_name, payload = await lane.get()
             try:
-                await self._handle(message.topic, payload)
+                await self._handle(topic_name, payload)
             except Exception:
                 # A store failure or a bug must not take the link down; the device retries
                 # anything that matters because it was not acked.
-                log.exception("handling %s failed", message.topic)
+                log.exception("handling %s failed", topic_name)
                 self._metrics.mqtt_rejected.labels(reason="handler_error").inc()
 
     def _reject(self, reason: str, topic_name: str, detail: object = None) -> None:

@@ -260,21 +260,28 @@ class VendEngine:
                     if time.monotonic() >= next_expiry:
                         next_expiry = time.monotonic() + self._settings.engine_tick_s
                         await self._store.expire_orders(self._settings.order_payment_timeout_s)
-                    for _order_id, machine_id in await self._store.orders_to_dispense():
+                    for order_id, machine_id in await self._store.orders_to_dispense():
                         worker = self._workers.get(machine_id)
                         if worker is None or worker.done():
                             self._workers[machine_id] = group.create_task(
-                                self._machine_worker(machine_id), name=f"vend-{machine_id}"
+                                self._machine_worker(machine_id, order_id),
+                                name=f"vend-{machine_id}",
                             )
                 except Exception:
                     log.exception("vend dispatcher failed; retrying")
                 await self._store.changes.wait_any(seen, self._settings.engine_tick_s)
 
-    async def _machine_worker(self, machine_id: str) -> None:
+    async def _machine_worker(self, machine_id: str, first: str | None = None) -> None:
+        """``first``: the machine's next order as the dispatcher just read it (not read again)."""
         backoff = Backoff(1.0, self._settings.sync_backoff_max_s)
         while True:
             try:
-                pending = [o for o, m in await self._store.orders_to_dispense() if m == machine_id]
+                if first is not None:
+                    pending, first = [first], None
+                else:
+                    pending = [
+                        o for o, m in await self._store.orders_to_dispense() if m == machine_id
+                    ]
                 if not pending:
                     return
                 await self._dispense_order(pending[0])
@@ -307,10 +314,12 @@ class VendEngine:
         deadline = loop.time() + remaining
         next_send = loop.time()
         first = not command.resumed
+        fresh = first  # created just now and never published: it cannot have a result yet
         while True:
             seen = self._store.changes.order_seq(command.order_id)
-            if await self._store.command_result(command.cmd_id) is not None:
+            if not fresh and await self._store.command_result(command.cmd_id) is not None:
                 return
+            fresh = False
             now = loop.time()
             if now >= deadline:
                 outcome = await self._store.record_timeout(command.machine_id, command.cmd_id)
