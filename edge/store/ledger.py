@@ -331,7 +331,10 @@ def create_order(
     if shortages:
         raise InsufficientStock(shortages)
 
-    db.table("orders").insert(
+    # Plain INSERTs: sqlite-utils' insert looked the table up in sqlite_master on every call.
+    _insert(
+        db,
+        "orders",
         {
             "id": order_id,
             "machine_id": order.machine_id,
@@ -347,9 +350,10 @@ def create_order(
             "created_at": created,
             "updated_at": created,
             "version": 0,
-        }
+        },
     )
-    db.table("order_items").insert_all(items)
+    for item in items:
+        _insert(db, "order_items", item)
     for item in items:
         db.execute(
             "UPDATE catalog SET reserved = reserved + ? WHERE id = ?",
@@ -366,6 +370,12 @@ def create_order(
         # Credit inserted before the order (kept as machine credit) pays it.
         changes, _ = _pay_from_machine_credit(db, order_id, order.machine_id, machine["currency"])
     return touch_order(db, order_id, **changes), True, superseded
+
+
+def _insert(db: Db, table: str, row: dict[str, Any]) -> None:
+    columns = ", ".join(row)
+    marks = ", ".join("?" * len(row))
+    db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))
 
 
 def _supersede_open_cash_order(
