@@ -23,10 +23,11 @@ other amqtt version (pyproject.toml pins it); re-read amqtt/broker.py before mov
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, TypeVar
 
 from amqtt.adapters import ReaderAdapter, StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Broker
@@ -34,6 +35,7 @@ from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
@@ -56,6 +58,7 @@ CONNECT_TIMEOUT_S = 10.0
 # unbounded, one machine's MQTT password could slow the whole site's broker for good.
 MAX_DEVICE_SUBSCRIPTIONS = 16
 SUBSCRIPTION_REFUSED = 0x80
+V = TypeVar("V")
 
 
 class UnsupportedAmqttVersion(BrokerStartError):
@@ -80,6 +83,97 @@ class PacketLimits:
     gateway_bytes: int
 
 
+def topic_prefix(name: str) -> str | None:
+    """The first two levels of a topic name or filter (``devices/M``) when both are literal,
+    else None. A filter with a literal prefix matches only topics with that same prefix."""
+    first, sep, rest = name.partition("/")
+    if not sep:
+        return None
+    second = rest.partition("/")[0]
+    if "+" in first or "#" in first or "+" in second or "#" in second:
+        return None
+    return f"{first}/{second}"
+
+
+class TopicIndex(dict[str, V]):
+    """A dict of topic names or filters that also groups its keys by ``topic_prefix``.
+
+    amqtt keeps subscriptions (filter -> subscribers) and retained messages (topic -> message)
+    in plain dicts and walks all of them for every routed message, every new subscription and
+    every connect: with one presence topic and three filters per device, a reconnect wave of N
+    devices costs N^2 matches. With the index a device's topic is matched only against the
+    filters under its own ``devices/<id>`` plus the few wildcard ones (the gateway's).
+    amqtt adds and removes keys with ``[]=``, ``del`` and ``clear``; the other mutators are
+    kept in step as well.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_prefix: dict[str | None, dict[str, None]] = {}
+
+    def __setitem__(self, key: str, value: V) -> None:
+        if key not in self:
+            self.by_prefix.setdefault(topic_prefix(key), {})[key] = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._unindex(key)
+
+    def _unindex(self, key: str) -> None:
+        prefix = topic_prefix(key)
+        keys = self.by_prefix.get(prefix)
+        if keys is not None:
+            keys.pop(key, None)
+            if not keys:
+                del self.by_prefix[prefix]
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            self._unindex(key)
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[str, V]:
+        key, value = super().popitem()
+        self._unindex(key)
+        return key, value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def clear(self) -> None:
+        super().clear()
+        self.by_prefix.clear()
+
+    def under(self, prefix: str | None) -> list[str]:
+        """Keys whose literal prefix is ``prefix`` (a snapshot: safe across awaits)."""
+        return list(self.by_prefix.get(prefix, ()))
+
+    def wildcards(self) -> list[str]:
+        """Keys without a literal two-level prefix (wildcard filters, short names)."""
+        return list(self.by_prefix.get(None, ()))
+
+    def candidates_for_topic(self, topic_name: str) -> list[str]:
+        """Filters that may match a (wildcard-free) topic name: a superset of the matches."""
+        prefix = topic_prefix(topic_name)
+        if prefix is None:
+            return list(self)
+        return self.under(prefix) + self.wildcards()
+
+    def candidates_for_filter(self, topic_filter: str) -> list[str]:
+        """Topic names a filter may match: a superset of the matches."""
+        prefix = topic_prefix(topic_filter)
+        if prefix is None:
+            return list(self)
+        return self.under(prefix)
+
+
 class HardenedBroker(Broker):
     def __init__(
         self,
@@ -98,6 +192,21 @@ class HardenedBroker(Broker):
         # Set when a connection's message loop has ended, so a take-over can wait for it.
         self._connection_done: dict[str, asyncio.Event] = {}
         self._client_locks: dict[str, asyncio.Lock] = {}
+        # Indexed by topic prefix (see TopicIndex): amqtt walked every filter and every retained
+        # message for each routed message, subscription and connect.
+        self._subscriptions: TopicIndex[list[tuple[Session, int]]] = TopicIndex()
+        self._retained_messages: TopicIndex[Any] = TopicIndex()
+
+    async def shutdown(self) -> None:
+        # amqtt 0.12.1 closes its listeners last, after ending every session one by one: with
+        # many devices, those ending first reconnect at once into a broker whose store is
+        # closing and are refused (NOT_AUTHORIZED), which doubles their backoff before the
+        # restarted gateway is up. Stop accepting first.
+        for server in self._servers.values():
+            instance = server.instance
+            if isinstance(instance, asyncio.Server):
+                instance.close()
+        await super().shutdown()
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -241,8 +350,8 @@ class HardenedBroker(Broker):
             await self._publish_session_retained_messages(session)
             # A resumed session gets the retained messages of its own subscriptions (amqtt
             # 0.12.1 walked every client's subscriptions here).
-            for topic_filter, subscribers in list(self._subscriptions.items()):
-                for subscriber, qos in subscribers:
+            for topic_filter in self._filters_of(session):
+                for subscriber, qos in list(self._subscriptions.get(topic_filter, ())):
                     if subscriber is session:
                         await self._publish_retained_messages_for_subscription(
                             (topic_filter, qos), session
@@ -342,9 +451,12 @@ class HardenedBroker(Broker):
         if not self._authority.is_gateway(session):
             held = sum(
                 1
-                for held_filter, subscribers in self._subscriptions.items()
+                for held_filter in self._filters_of(session)
                 if held_filter != topic_filter
-                and any(s.client_id == session.client_id for s, _ in subscribers)
+                and any(
+                    s.client_id == session.client_id
+                    for s, _ in self._subscriptions.get(held_filter, ())
+                )
             )
             if held >= MAX_DEVICE_SUBSCRIPTIONS:
                 self._authority.refusal_log(
@@ -354,6 +466,55 @@ class HardenedBroker(Broker):
                 )  # fmt: skip
                 return SUBSCRIPTION_REFUSED
         return await super().add_subscription(subscription, session)
+
+    def _filters_of(self, session: Session) -> list[str]:
+        """Filters that may hold this session (a superset; a snapshot). The ACL grants a device
+        filters only under its own ``devices/<id>``; the gateway may hold any."""
+        if self._authority.is_gateway(session) or not session.client_id:
+            return list(self._subscriptions)
+        return (
+            self._subscriptions.under(topic_prefix(f"devices/{session.client_id}/x"))
+            + self._subscriptions.wildcards()
+        )
+
+    async def _run_broadcast(self, running_tasks: deque[asyncio.Task[Any]]) -> None:
+        """amqtt 0.12.1's, except that the topic is matched only against the filters that can
+        match it (``TopicIndex``), over a snapshot: amqtt iterated the live dict across awaits
+        and lost the message ("dictionary changed size during iteration") whenever a client
+        subscribed or left meanwhile, which a connect wave makes common."""
+        broadcast = await self._broadcast_queue.get()
+        topic_name = broadcast["topic"]
+        targets = [
+            (topic_filter, list(self._subscriptions.get(topic_filter, ())))
+            for topic_filter in self._subscriptions.candidates_for_topic(topic_name)
+        ]
+        for topic_filter, subscribers in targets:
+            if not self._matches(topic_name, topic_filter):
+                continue
+            for target_session, sub_qos in subscribers:
+                qos = broadcast.get("qos", sub_qos)
+                if not await self._topic_filtering(
+                    target_session, topic=topic_name, action=Action.RECEIVE
+                ):
+                    continue
+                connected = target_session.transitions.state == "connected"
+                if (
+                    not connected
+                    and not target_session.clean_session
+                    and qos in (QOS_1, QOS_2)
+                    and not target_session.is_anonymous
+                ):
+                    await self._retain_broadcast_message(broadcast, qos, target_session)
+                    continue
+                if not connected:
+                    continue
+                handler = self._get_handler(target_session)
+                if handler:
+                    running_tasks.append(
+                        asyncio.ensure_future(
+                            handler.mqtt_publish(topic_name, broadcast["data"], qos, retain=False)
+                        )
+                    )
 
     # --- retained messages ---------------------------------------------------------------------
 
@@ -386,8 +547,11 @@ class HardenedBroker(Broker):
         if handler is None:
             return
         tasks = []
-        for topic_name, retained in list(self._retained_messages.items()):
-            if not self._matches(topic_name, topic_filter):
+        # Only the retained topics under the filter's own prefix (amqtt matched every retained
+        # message against every new subscription: quadratic in a reconnect wave).
+        for topic_name in self._retained_messages.candidates_for_filter(topic_filter):
+            retained = self._retained_messages.get(topic_name)
+            if retained is None or not self._matches(topic_name, topic_filter):
                 continue
             if not await self._topic_filtering(session, topic_name, Action.RECEIVE):
                 continue

@@ -73,6 +73,11 @@ class BrokerAuthority:
         # the default thread pool.
         self._pbkdf2_slots = asyncio.Semaphore(PBKDF2_CONCURRENCY)
         self._pbkdf2_by_address: dict[str, int] = {}
+        # A check under way, by the same key as ``_verified``: a device that gave up waiting
+        # for its CONNACK and connects again (a reconnect storm queues checks for longer than
+        # the firmware's 10 s timeout) waits for the same check instead of queueing a second
+        # PBKDF2 run, which had made the queue grow faster than it drained.
+        self._checking: dict[tuple[str, bytes, str], asyncio.Task[bool]] = {}
         self.refusal_log = RefusalLog()
 
     def is_gateway(self, session: Session) -> bool:
@@ -104,13 +109,28 @@ class BrokerAuthority:
         if key in self._verified:
             self._session_hash[username] = stored
             return True
-        pending = self._pbkdf2_by_address.get(address, 0)
-        if pending >= PBKDF2_PER_ADDRESS:
-            self.refusal_log(("busy", address), logging.INFO,
-                             "refused %s: %s has too many logins being checked",
-                             username, address)  # fmt: skip
-            return False
-        self._pbkdf2_by_address[address] = pending + 1
+        checking = self._checking.get(key)
+        if checking is None:
+            pending = self._pbkdf2_by_address.get(address, 0)
+            if pending >= PBKDF2_PER_ADDRESS:
+                self.refusal_log(("busy", address), logging.INFO,
+                                 "refused %s: %s has too many logins being checked",
+                                 username, address)  # fmt: skip
+                return False
+            self._pbkdf2_by_address[address] = pending + 1
+            checking = asyncio.create_task(self._check(key, password, address))
+            self._checking[key] = checking
+        # Shielded: the connection that started the check may go away; others may wait on it.
+        ok = await asyncio.shield(checking)
+        if ok:
+            self._session_hash[username] = stored
+        else:
+            self.refusal_log(("password", address), logging.INFO,
+                             "refused %s from %s: wrong password", username, address)  # fmt: skip
+        return ok
+
+    async def _check(self, key: tuple[str, bytes, str], password: str, address: str) -> bool:
+        username, _, stored = key
         try:
             async with self._pbkdf2_slots:
                 ok = await asyncio.to_thread(verify_secret, password, stored)
@@ -118,6 +138,7 @@ class BrokerAuthority:
             log.warning("machine %s has a malformed secret hash", username)
             return False
         finally:
+            del self._checking[key]
             left = self._pbkdf2_by_address[address] - 1
             if left:
                 self._pbkdf2_by_address[address] = left
@@ -125,10 +146,6 @@ class BrokerAuthority:
                 del self._pbkdf2_by_address[address]
         if ok:
             self._verified.add(key)
-            self._session_hash[username] = stored
-        else:
-            self.refusal_log(("password", address), logging.INFO,
-                             "refused %s from %s: wrong password", username, address)  # fmt: skip
         return ok
 
     async def still_authorised(self, session: Session) -> bool:

@@ -28,6 +28,7 @@ from contracts.device_messages import DeviceLog, DispenseResult, Health, Presenc
 from contracts.signing import SIGNED_DEVICE_SUFFIXES
 from contracts.text import clean_device_text
 from edge.backoff import Backoff
+from edge.devices.status import StatusWriter
 from edge.errors import DeviceLinkError
 from edge.metrics import GatewayMetrics
 from edge.settings import GatewaySettings
@@ -76,12 +77,15 @@ class DeviceLink:
         self._log_budget: dict[str, tuple[float, float]] = {}  # machine -> (tokens, at)
         self._lanes: dict[str, asyncio.Queue[tuple[str, bytes]]] = {}  # machine -> backlog
         self._lane_tasks: set[asyncio.Task[None]] = set()
+        # Presence and health are written in the background, coalesced (edge.devices.status).
+        self._status = StatusWriter(store)
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
     async def __aenter__(self) -> "DeviceLink":
+        self._status.start()
         self._task = asyncio.create_task(self._run(), name="device-link")
         try:
             async with asyncio.timeout(10):
@@ -109,6 +113,7 @@ class DeviceLink:
         await asyncio.gather(*self._lane_tasks, return_exceptions=True)
         self._lanes.clear()
         await self._disconnect()
+        await self._status.close()
 
     async def _disconnect(self) -> None:
         self._connected.clear()
@@ -267,9 +272,9 @@ class DeviceLink:
         self._metrics.mqtt_messages.labels(kind=suffix).inc()
         match message:
             case Presence():
-                await self._store.set_presence(machine_id, message.online, message.fw)
+                self._status.presence(machine_id, message.online, message.fw)
             case Health():
-                await self._store.touch_machine(machine_id)
+                self._status.touch(machine_id)
             case DeviceLog():
                 if not self._may_log(machine_id):
                     self._metrics.mqtt_rejected.labels(reason="log_rate").inc()
