@@ -241,14 +241,10 @@ class Device:
             self.commands_ready.clear()
 
     async def event_sender(self):
-        """Money events: sent on change and on connect, then every resend_interval_s, until
-        the gateway acks their ids."""
-        interval_ms = self.cfg["resend_interval_s"] * 1000
+        """Money events: sent on change and on connect, then every resend_interval_s (kicked
+        by the ticker), until the gateway acks their ids."""
         while True:
-            try:
-                await asyncio.wait_for_ms(self.events_due.wait(), interval_ms)
-            except asyncio.TimeoutError:
-                pass
+            await self.events_due.wait()
             self.events_due.clear()
             if not self.up.is_set():
                 continue
@@ -269,10 +265,20 @@ class Device:
                 if not await self.publish(item[0], item[1]):
                     q.put_back(item)
 
-    async def health_timer(self):
+    async def ticker(self):
+        """Every resend_interval_s a kick to the event sender, every health_interval_s health.
+        One loop of plain sleeps: asyncio.wait_for would allocate a task at every wait, and
+        that churn fragments a small heap."""
+        resend = max(1, self.cfg["resend_interval_s"])
+        health = max(1, self.cfg["health_interval_s"])
+        n = 0
         while True:
-            await asyncio.sleep(self.cfg["health_interval_s"])
-            self.report_health()
+            await asyncio.sleep(1)
+            n += 1
+            if n % resend == 0:
+                self.events_due.set()
+            if n % health == 0:
+                self.report_health()
 
     async def cash_watcher(self):
         while True:
@@ -312,7 +318,7 @@ class Device:
             asyncio.create_task(self.command_worker()),
             asyncio.create_task(self.event_sender()),
             asyncio.create_task(self.telemetry_sender()),
-            asyncio.create_task(self.health_timer()),
+            asyncio.create_task(self.ticker()),
             asyncio.create_task(self.cash_watcher()),
         ]
         gc.collect()
