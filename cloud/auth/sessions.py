@@ -16,6 +16,7 @@ from cloud.auth.permissions import Role, permissions_for
 from cloud.auth.tokens import Principal
 from cloud.context import CloudContext
 from cloud.db import schema as t
+from cloud.db.engine import read_rows
 from cloud.db.times import as_utc, utcnow
 from cloud.errors import Forbidden, Unauthorized
 
@@ -45,10 +46,8 @@ async def authenticate(request: web.Request, ctx: CloudContext) -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing bearer token")
     claims = ctx.access_tokens.verify(token.strip())
-    async with ctx.engine.connect() as conn:
-        row = (
-            await conn.execute(_CHECK, {"sid": claims.session_id, "uid": claims.user_id})
-        ).first()
+    rows = await read_rows(ctx.engine, _CHECK, {"sid": claims.session_id, "uid": claims.user_id})
+    row = rows[0] if rows else None
     if row is None or row.revoked_at is not None:
         raise Unauthorized("session has ended")
     if not row.active:

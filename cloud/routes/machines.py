@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cloud.auth.permissions import Permission
 from cloud.db import schema as t
 from cloud.db import sealed
+from cloud.db.engine import read_rows
 from cloud.db.machines import catalogs, check_unique_slots, get_machine, replace_catalog
 from cloud.db.rows import row_dict
 from cloud.db.times import as_utc, utcnow
@@ -120,6 +121,13 @@ async def onboard(call: Call) -> OnboardResult:
     )
 
 
+_LIST = (
+    sa.select(t.machines)
+    .where(t.machines.c.tenant_id == sa.bindparam("tenant_id"))
+    .order_by(t.machines.c.created_at, t.machines.c.name)
+)
+
+
 @api.route(
     "GET",
     "",
@@ -131,13 +139,8 @@ async def onboard(call: Call) -> OnboardResult:
     errors=(),
 )
 async def list_machines(call: Call) -> list[MachineOut]:
-    async with call.ctx.engine.connect() as conn:
-        rows = await conn.execute(
-            sa.select(t.machines)
-            .where(t.machines.c.tenant_id == call.principal.tenant_id)
-            .order_by(t.machines.c.created_at, t.machines.c.name)
-        )
-        return [_out(r) for r in rows]
+    rows = await read_rows(call.ctx.engine, _LIST, {"tenant_id": call.principal.tenant_id})
+    return [_out(r) for r in rows]
 
 
 @api.route(
