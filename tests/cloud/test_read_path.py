@@ -5,12 +5,14 @@ cache (a disabled user, an ended session, a demoted role are refused on the very
 import asyncio
 import uuid
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from cloud_fixtures import PASSWORD
+from polling import wait_for
 
 from cloud.db import schema as t
-from cloud.db.engine import ReadOnlyViolation, read_connection, read_rows
+from cloud.db.engine import ReadOnlyViolation, create_engine, read_connection, read_rows
 
 # Far below the 15 s busy_timeout: a read queued behind the held write lock could not finish
 # before it; it only guards against hanging the suite.
@@ -95,3 +97,47 @@ async def test_demotion_applies_to_the_next_request(tenant):
     assert reply.status == 200, reply.body
     assert (await user.call("PUT", path, {"config": {"a": 2}})).status == 403
     assert (await user.call("GET", "/api/v1/machines")).status == 200
+
+
+async def test_a_read_retries_once_on_a_connection_the_server_dropped(cloud, settings):
+    if cloud.engine.dialect.name != "postgresql":
+        pytest.skip("pooled connections dropped by the server: Postgres only")
+    # An engine of its own: no background worker finds the dead connection first.
+    engine = create_engine(settings.database_url)
+    dsn = settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(dsn)
+    try:
+        [(pid,)] = await read_rows(engine, sa.select(sa.func.pg_backend_pid()))
+        # What a server restart or an idle timeout does to a pooled connection (no pre-ping).
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+        async def gone() -> bool:
+            return not await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+            )
+
+        await wait_for(gone)
+        [(fresh,)] = await read_rows(engine, sa.select(sa.func.pg_backend_pid()))
+        assert fresh != pid
+    finally:
+        await admin.close()
+        await engine.dispose()
+
+
+async def test_reads_survive_postgres_dropping_pooled_connections(cloud, tenant, settings):
+    if cloud.engine.dialect.name != "postgresql":
+        pytest.skip("pooled connections dropped by the server: Postgres only")
+    assert (await tenant.admin.call("GET", "/api/v1/machines")).status == 200
+    dsn = settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(dsn)
+    try:
+        ended = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    assert ended >= 1
+    for _ in range(3):
+        reply = await tenant.admin.call("GET", "/api/v1/machines")
+        assert reply.status == 200, reply.body
