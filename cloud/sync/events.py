@@ -68,6 +68,10 @@ _PAYLOADS: dict[str, type[BaseModel]] = {
 _OWN_REFUNDS = (RefundReason.UNDISPENSED.value, RefundReason.UNSERVED.value)
 
 _RETRIES = 3
+# How ``_store`` applies a batch: together (``_apply_bulk``), event by event without savepoints,
+# or event by event each in a savepoint (after a failure, so the failing event alone is refused).
+_BULK, _PLAIN, _ISOLATED = "bulk", "plain", "isolated"
+_UNREAD = object()
 # The reason the gateway records when a dispense command got no result in time; only such a
 # record may later be corrected (the gateway re-sends it under event id ``{cmd_id}-late``).
 _NO_RESULT = "no_result"
@@ -592,32 +596,440 @@ async def _insert_event(conn: AsyncConnection, gateway_id: str, event: OutboxEve
     )
 
 
+# --- the bulk path ---------------------------------------------------------------------------
+#
+# A drain after an outage sends full batches of the common events; applying them one by one
+# costs 5-7 statements each (a round trip apiece). The bulk path applies a whole batch in a few
+# set-based statements with the same outcome as applying its events one by one in order:
+# existing rows are read once per table, decided in memory in batch order, and written with one
+# executemany per table. Batches holding an event whose checks depend on other money rows
+# (refund.request: the refunds already recorded for a payment) or that is rare (slot.state)
+# take the per-event path, as does a batch in which the bulk path fails (so the one bad event
+# alone is dead-lettered).
+
+_BULK_TYPES = frozenset(
+    {"order.snapshot", "dispense.result", "cash.credit", "inventory.changed", "credit.entry"}
+)
+
+
+def _bulkable(items: list[_Parsed | _Refused]) -> bool:
+    return all(isinstance(item, _Refused) or item.event.type in _BULK_TYPES for item in items)
+
+
+@dataclass
+class _Found:
+    """What the bulk path needs to know of stored rows, read with one query (``_lookup``)."""
+
+    events: dict[str, str] = field(default_factory=dict)  # event_id -> gateway_id
+    machines: set[str] = field(default_factory=set)  # of this gateway's site
+    orders: dict[str, Any] = field(default_factory=dict)  # id -> (version, site_id, machine_site)
+    dispense: dict[str, Any] = field(default_factory=dict)  # cmd_id -> (machine_id, result, ...)
+    credits: dict[str, Any] = field(default_factory=dict)  # credit_id -> (machine_id)
+    entries: dict[str, Any] = field(default_factory=dict)  # entry_id -> (machine_id)
+    ack_seq: int | None = None
+
+
+@dataclass(frozen=True)
+class _Row:
+    machine_id: str | None = None
+    result: str | None = None
+    reason: str | None = None
+    version: int | None = None
+    site_id: str | None = None
+    machine_site: str | None = None
+
+
+def _part(kind: str, key: Any, *cols: Any, n: Any = None) -> list[Any]:
+    text = [sa.cast(c, sa.String) if c is not None else sa.cast(sa.null(), sa.String) for c in cols]
+    text += [sa.cast(sa.null(), sa.String)] * (3 - len(text))
+    number = sa.cast(n if n is not None else sa.null(), sa.BigInteger)
+    return [
+        sa.literal(kind, sa.String).label("kind"),
+        sa.cast(key, sa.String).label("k"),
+        text[0].label("a"),
+        text[1].label("b"),
+        text[2].label("c"),
+        number.label("n"),
+    ]
+
+
+async def _lookup(
+    conn: AsyncConnection, gateway: Gateway, items: list[_Parsed | _Refused]
+) -> _Found:
+    """Every stored row the batch's events name, in one round trip (a UNION ALL of one select
+    per table): event ids, machines, orders, dispense commands, cash credits, credit entries,
+    and the gateway's high-water mark."""
+    parsed = [item for item in items if isinstance(item, _Parsed)]
+    ids = {_event_id(item) for item in items}
+    machines = {p.payload.machine_id for p in parsed}
+    orders: set[str] = set()
+    keys: dict[str, set[str]] = {
+        "dispense.result": set(),
+        "cash.credit": set(),
+        "credit.entry": set(),
+    }
+    for p in parsed:
+        payload = p.payload
+        if isinstance(payload, OrderSnapshot):
+            orders.add(payload.id)
+        elif getattr(payload, "order_id", None) is not None:
+            orders.add(payload.order_id)
+        if isinstance(payload, DispenseRecord):
+            keys["dispense.result"].add(payload.cmd_id)
+        elif isinstance(payload, CashCreditRecord):
+            keys["cash.credit"].add(payload.credit_id)
+        elif isinstance(payload, CreditEntry):
+            keys["credit.entry"].add(payload.entry_id)
+    ev, m, o, d = t.sync_events, t.machines, t.orders, t.dispense_records
+    parts = [
+        sa.select(*_part("e", ev.c.event_id, ev.c.gateway_id)).where(ev.c.event_id.in_(ids)),
+        sa.select(
+            *_part("s", t.gateway_sync_state.c.gateway_id, n=t.gateway_sync_state.c.ack_seq)
+        ).where(t.gateway_sync_state.c.gateway_id == gateway.id),
+    ]
+    if machines:
+        parts.append(
+            sa.select(*_part("m", m.c.id)).where(
+                m.c.id.in_(machines), m.c.site_id == gateway.site_id
+            )
+        )
+    if orders:
+        parts.append(
+            sa.select(*_part("o", o.c.id, o.c.site_id, m.c.site_id, n=o.c.version))
+            .select_from(o.outerjoin(m, m.c.id == o.c.machine_id))
+            .where(o.c.id.in_(orders))
+        )
+    if keys["dispense.result"]:
+        parts.append(
+            sa.select(*_part("d", d.c.cmd_id, d.c.machine_id, d.c.result, d.c.reason)).where(
+                d.c.cmd_id.in_(keys["dispense.result"])
+            )
+        )
+    for kind, table, key, wanted in (
+        ("c", t.cash_credits, "credit_id", keys["cash.credit"]),
+        ("n", t.credit_entries, "entry_id", keys["credit.entry"]),
+    ):
+        if wanted:
+            parts.append(
+                sa.select(*_part(kind, table.c[key], table.c.machine_id)).where(
+                    table.c[key].in_(wanted)
+                )
+            )
+    found = _Found()
+    for row in await conn.execute(sa.union_all(*parts)):
+        kind = row.kind
+        if kind == "e":
+            found.events[row.k] = row.a
+        elif kind == "s":
+            found.ack_seq = int(row.n)
+        elif kind == "m":
+            found.machines.add(row.k)
+        elif kind == "o":
+            found.orders[row.k] = _Row(version=int(row.n), site_id=row.a, machine_site=row.b)
+        elif kind == "d":
+            found.dispense[row.k] = _Row(machine_id=row.a, result=row.b, reason=row.c)
+        elif kind == "c":
+            found.credits[row.k] = _Row(machine_id=row.a)
+        else:
+            found.entries[row.k] = _Row(machine_id=row.a)
+    foreign_machines = machines - found.machines
+    if foreign_machines:
+        raise Conflict(
+            "events name machines that are not at this gateway's site",
+            details={"machine_ids": sorted(foreign_machines)},
+        )
+    foreign = sorted(event_id for event_id, owner in found.events.items() if owner != gateway.id)
+    if foreign:
+        raise EventIdConflict(
+            "event ids are already stored for another gateway",
+            details={"event_ids": foreign},
+        )
+    return found
+
+
+def _claim(
+    key: str, value: str, machine_id: str, stored: dict[str, Any], fresh: dict[str, Any]
+) -> bool:
+    """Whether ``value`` is new; refuses (as ``_existing`` does) an id another machine used."""
+    row = stored.get(value) or fresh.get(value)
+    if row is None:
+        return True
+    owner = row.machine_id if not isinstance(row, dict) else row["machine_id"]
+    if owner != machine_id:
+        raise EventIdConflict(
+            f"{key} {value} is already stored for another machine", details={key: value}
+        )
+    return False
+
+
+def _order_values(conn: AsyncConnection, gateway: Gateway, order: OrderSnapshot) -> dict[str, Any]:
+    return {
+        "id": order.id,
+        "tenant_id": gateway.tenant_id,
+        "site_id": gateway.site_id,
+        "machine_id": order.machine_id,
+        "gateway_id": gateway.id,
+        "status": order.status.value,
+        "payment_method": order.payment_method.value,
+        "total_amount": order.total_amount,
+        "paid_amount": order.paid_amount,
+        "currency": order.currency,
+        "payment_id": order.payment_id,
+        "refund_amount": order.refund_amount,
+        "credit_amount": order.credit_amount,
+        "customer_name": order.customer_name,
+        "customer_phone": sealed.seal_phone(conn, order.id, order.customer_phone),
+        "version": order.version,
+        "created_at": order.created_at,
+        "updated_at": order.updated_at,
+        "synced_at": utcnow(),
+    }
+
+
+def _check_orders_bulk(gateway: Gateway, events: list[_Parsed], stored: dict[str, Any]) -> None:
+    """``_check_order`` and the order snapshots' site check for the whole batch."""
+    for p in events:  # the first offender in batch order, as the per-event path finds it
+        payload = p.payload
+        if isinstance(payload, OrderSnapshot):
+            row = stored.get(payload.id)
+            if row is not None and row.site_id != gateway.site_id:
+                raise Conflict(f"order {payload.id} belongs to another site")
+        elif getattr(payload, "order_id", None) is not None:
+            row = stored.get(payload.order_id)
+            if row is not None and row.machine_site != gateway.site_id:
+                raise Conflict(
+                    f"order {payload.order_id} belongs to a machine of another site",
+                    details={"order_id": payload.order_id},
+                )
+
+
+async def _apply_orders_bulk(
+    conn: AsyncConnection,
+    gateway: Gateway,
+    snapshots: list[OrderSnapshot],
+    stored: dict[str, Any],
+    effects: _Effects,
+) -> None:
+    version = {order_id: row.version for order_id, row in stored.items()}
+    final: dict[str, OrderSnapshot] = {}
+    ended: set[str] = set()
+    for order in snapshots:
+        current = version.get(order.id)
+        if current is not None and current >= order.version:
+            continue
+        version[order.id] = order.version
+        final[order.id] = order
+        if order.status in TERMINAL_ORDER_STATUSES:
+            ended.add(order.id)
+    if not final:
+        return
+    ordered = sorted(final.items())  # key order: concurrent pushes lock rows in one order
+    inserts = [_order_values(conn, gateway, o) for i, o in ordered if i not in stored]
+    updates = [_order_values(conn, gateway, o) for i, o in ordered if i in stored]
+    if inserts:
+        await conn.execute(t.orders.insert(), inserts)
+    if updates:
+        columns = [c for c in updates[0] if c != "id"]
+        await conn.execute(
+            t.orders.update()
+            .where(t.orders.c.id == sa.bindparam("b_id"))
+            .values({c: sa.bindparam(f"b_{c}") for c in columns}),
+            [{f"b_{k}": v for k, v in row.items()} for row in updates],
+        )
+        await conn.execute(
+            t.order_items.delete().where(t.order_items.c.order_id.in_([r["id"] for r in updates]))
+        )
+    items = [
+        {
+            "id": item.id,
+            "order_id": order.id,
+            "catalog_item_id": item.catalog_item_id,
+            "slot": item.slot,
+            "name": item.name,
+            "unit_price": item.unit_price,
+            "quantity": item.quantity,
+            "dispensed": item.dispensed,
+            "failed": item.failed,
+            "unknown": item.unknown,
+            "dispense_status": item.dispense_status.value,
+        }
+        for _, order in ordered
+        for item in order.items
+    ]
+    if items:
+        await conn.execute(t.order_items.insert(), items)
+    if ended:
+        await _orders_ended_bulk(conn, gateway, sorted(ended), effects)
+
+
+async def _orders_ended_bulk(
+    conn: AsyncConnection, gateway: Gateway, order_ids: list[str], effects: _Effects
+) -> None:
+    """``_order_ended`` for many orders: one query finds their payments (cash orders have none)."""
+    query = sa.select(t.payments).where(
+        t.payments.c.order_id.in_(order_ids), t.payments.c.tenant_id == gateway.tenant_id
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.order_by(t.payments.c.id).with_for_update()
+    for payment in (await conn.execute(query)).all():
+        if payment.status == "created" and payment.close_state is None:
+            await conn.execute(
+                t.payments.update()
+                .where(t.payments.c.id == payment.id, t.payments.c.close_state.is_(None))
+                .values(close_state="pending", updated_at=utcnow())
+            )
+            effects.workers = True
+        elif payment.status == "captured":
+            refund_id, woken = await refund_unserved(conn, payment)
+            if refund_id is not None:
+                effects.gateways.update(woken)
+                effects.workers = True
+
+
+async def _apply_dispense_bulk(
+    conn: AsyncConnection, gateway: Gateway, records: list[DispenseRecord], stored: dict[str, Any]
+) -> None:
+    table = t.dispense_records
+    fresh: dict[str, dict[str, Any]] = {}
+    corrections: dict[str, dict[str, Any]] = {}
+    now = utcnow()
+    for record in records:
+        values = record.model_dump() | {"tenant_id": gateway.tenant_id, "received_at": now}
+        if _claim("cmd_id", record.cmd_id, record.machine_id, stored, fresh):
+            fresh[record.cmd_id] = values
+            continue
+        # The late correction of a dispense first recorded as timed out; nothing else moves.
+        row = fresh.get(record.cmd_id) or corrections.get(record.cmd_id)
+        if row is None:
+            old = stored[record.cmd_id]
+            row = {"result": old.result, "reason": old.reason}
+        if row["result"] != "unknown" or row["reason"] != _NO_RESULT:
+            continue
+        change = {
+            "result": record.result,
+            "reason": record.reason,
+            "device_ts": record.device_ts,
+            "received_at": now,
+        }
+        if record.cmd_id in fresh:
+            fresh[record.cmd_id].update(change)
+        else:
+            corrections[record.cmd_id] = change
+    if fresh:
+        await conn.execute(table.insert(), [fresh[k] for k in sorted(fresh)])
+    if corrections:
+        await conn.execute(
+            table.update()
+            .where(
+                table.c.cmd_id == sa.bindparam("b_cmd_id"),
+                table.c.result == "unknown",
+                table.c.reason == _NO_RESULT,
+            )
+            .values({c: sa.bindparam(f"b_{c}") for c in ("result", "reason", "device_ts")})
+            .values(received_at=sa.bindparam("b_received_at")),
+            [
+                {"b_cmd_id": k} | {f"b_{c}": v for c, v in corrections[k].items()}
+                for k in sorted(corrections)
+            ],
+        )
+
+
+async def _insert_once_bulk(
+    conn: AsyncConnection,
+    table: sa.Table,
+    key: str,
+    rows: list[dict[str, Any]],
+    stored: dict[str, Any],
+) -> None:
+    """Rows keyed by ``key`` inserted once (``_existing`` for many)."""
+    fresh: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if _claim(key, row[key], row["machine_id"], stored, fresh):
+            fresh[row[key]] = row
+    if fresh:
+        await conn.execute(table.insert(), [fresh[k] for k in sorted(fresh)])
+
+
+async def _apply_inventory_bulk(conn: AsyncConnection, changes: list[InventoryChange]) -> None:
+    last = {(c.catalog_item_id, c.machine_id): c.quantity for c in changes}  # the last count wins
+    item = t.catalog_items
+    await conn.execute(
+        item.update()
+        .where(item.c.id == sa.bindparam("b_id"), item.c.machine_id == sa.bindparam("b_machine"))
+        .values(quantity=sa.bindparam("b_quantity"), updated_at=sa.bindparam("b_now")),
+        [
+            {"b_id": i, "b_machine": m, "b_quantity": q, "b_now": utcnow()}
+            for (i, m), q in sorted(last.items())
+        ],
+    )
+
+
+async def _apply_bulk(
+    conn: AsyncConnection,
+    gateway: Gateway,
+    events: list[_Parsed],
+    found: _Found,
+    effects: _Effects,
+) -> None:
+    """Apply new, valid events of ``_BULK_TYPES`` as applying them one by one in order would."""
+    stored_orders = found.orders
+    _check_orders_bulk(gateway, events, stored_orders)
+    by_type: dict[str, list[_Parsed]] = {}
+    for p in events:
+        by_type.setdefault(p.event.type, []).append(p)
+    snapshots = [p.payload for p in by_type.get("order.snapshot", [])]
+    if snapshots:
+        await _apply_orders_bulk(conn, gateway, snapshots, stored_orders, effects)
+    if "dispense.result" in by_type:
+        records = [p.payload for p in by_type["dispense.result"]]
+        await _apply_dispense_bulk(conn, gateway, records, found.dispense)
+    now = utcnow()
+    if "cash.credit" in by_type:
+        rows = [
+            p.payload.model_dump() | {"tenant_id": gateway.tenant_id, "received_at": now}
+            for p in by_type["cash.credit"]
+        ]
+        await _insert_once_bulk(conn, t.cash_credits, "credit_id", rows, found.credits)
+    if "credit.entry" in by_type:
+        rows = [
+            p.payload.model_dump()
+            | {
+                "tenant_id": gateway.tenant_id,
+                "reason": p.payload.reason.value,
+                "occurred_at": p.event.occurred_at,
+                "received_at": now,
+            }
+            for p in by_type["credit.entry"]
+        ]
+        await _insert_once_bulk(conn, t.credit_entries, "entry_id", rows, found.entries)
+    if "inventory.changed" in by_type:
+        await _apply_inventory_bulk(conn, [p.payload for p in by_type["inventory.changed"]])
+
+
+def _event_row(conn: AsyncConnection, gateway_id: str, event: OutboxEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "gateway_id": gateway_id,
+        "seq": event.seq,
+        "type": event.type,
+        "occurred_at": event.occurred_at,
+        "payload": sealed.seal_event_payload(conn, event.event_id, event.payload),
+        "received_at": utcnow(),
+    }
+
+
 async def _store(
     conn: AsyncConnection,
     gateway: Gateway,
     items: list[_Parsed | _Refused],
     effects: _Effects,
     *,
-    isolate: bool,
+    mode: str,
 ) -> PushAck:
-    parsed_events = [item for item in items if isinstance(item, _Parsed)]
-    await _check_machines(conn, gateway, parsed_events)
-    ids = [_event_id(item) for item in items]
-    known = {
-        row.event_id: row.gateway_id
-        for row in await conn.execute(
-            sa.select(t.sync_events.c.event_id, t.sync_events.c.gateway_id).where(
-                t.sync_events.c.event_id.in_(ids)
-            )
-        )
-    }
-    foreign = sorted(event_id for event_id, owner in known.items() if owner != gateway.id)
-    if foreign:
-        # Counting these as replays would silently drop this gateway's events.
-        raise EventIdConflict(
-            "event ids are already stored for another gateway",
-            details={"event_ids": foreign},
-        )
+    if mode == _BULK:
+        return await _store_bulk(conn, gateway, items, await _lookup(conn, gateway, items), effects)
+    known = await _known(conn, gateway, items)
+    isolate = mode == _ISOLATED
     accepted = duplicates = 0
     rejected: list[RejectedEvent] = []
     stored: list[str] = []
@@ -636,32 +1048,130 @@ async def _store(
                 accepted += 1
                 continue
             item = _Refused(item.event.seq, event_id, item.raw, refused)
-        await dead_letters.record(conn, gateway, item.seq, event_id, item.raw, item.refusal)
-        rejected.append(
-            RejectedEvent(
-                event_id=event_id,
-                seq=item.seq,
-                code=item.refusal.code,
-                message=item.refusal.message,
+        await _dead_letter(conn, gateway, item, rejected)
+    return await _finish(conn, gateway, items, stored, accepted, duplicates, rejected)
+
+
+async def _known(
+    conn: AsyncConnection, gateway: Gateway, items: list[_Parsed | _Refused]
+) -> dict[str, str]:
+    """The batch's machines checked, and its event ids already stored (one query): the event id
+    is the exactly-once guard."""
+    parsed_events = [item for item in items if isinstance(item, _Parsed)]
+    await _check_machines(conn, gateway, parsed_events)
+    ids = [_event_id(item) for item in items]
+    known = {
+        row.event_id: row.gateway_id
+        for row in await conn.execute(
+            sa.select(t.sync_events.c.event_id, t.sync_events.c.gateway_id).where(
+                t.sync_events.c.event_id.in_(ids)
             )
         )
+    }
+    foreign = sorted(event_id for event_id, owner in known.items() if owner != gateway.id)
+    if foreign:
+        # Counting these as replays would silently drop this gateway's events.
+        raise EventIdConflict(
+            "event ids are already stored for another gateway",
+            details={"event_ids": foreign},
+        )
+    return known
+
+
+async def _dead_letter(
+    conn: AsyncConnection, gateway: Gateway, item: _Refused, rejected: list[RejectedEvent]
+) -> None:
+    await dead_letters.record(conn, gateway, item.seq, item.event_id, item.raw, item.refusal)
+    rejected.append(
+        RejectedEvent(
+            event_id=item.event_id,
+            seq=item.seq,
+            code=item.refusal.code,
+            message=item.refusal.message,
+        )
+    )
+
+
+async def _finish(
+    conn: AsyncConnection,
+    gateway: Gateway,
+    items: list[_Parsed | _Refused],
+    stored: list[str],
+    accepted: int,
+    duplicates: int,
+    rejected: list[RejectedEvent],
+    *,
+    previous: Any = _UNREAD,
+) -> PushAck:
     await dead_letters.resolve(conn, gateway.id, stored)
     high = max(item.event.seq if isinstance(item, _Parsed) else item.seq for item in items)
-    ack_seq = await _advance(conn, gateway.id, high)
+    ack_seq = await _advance(conn, gateway.id, high, previous)
     return PushAck(ack_seq=ack_seq, accepted=accepted, duplicates=duplicates, rejected=rejected)
+
+
+async def _store_bulk(
+    conn: AsyncConnection,
+    gateway: Gateway,
+    items: list[_Parsed | _Refused],
+    found: _Found,
+    effects: _Effects,
+) -> PushAck:
+    """``_store`` with the new events applied together (``_apply_bulk``) and their
+    ``sync_events`` rows inserted with one executemany. A failure to apply raises
+    ``_ApplyFailed``: the batch runs again event by event, each in a savepoint."""
+    accepted = duplicates = 0
+    rejected: list[RejectedEvent] = []
+    fresh: list[_Parsed] = []
+    seen: set[str] = set()
+    for item in items:
+        event_id = _event_id(item)
+        if event_id in found.events or event_id in seen:
+            duplicates += 1
+            continue
+        seen.add(event_id)
+        if isinstance(item, _Parsed):
+            fresh.append(item)
+        else:
+            await _dead_letter(conn, gateway, item, rejected)
+    try:
+        await _apply_bulk(conn, gateway, fresh, found, effects)
+    except Conflict:
+        raise
+    except sa.exc.DBAPIError as exc:
+        if not _is_data_error(exc):
+            raise  # integrity races, locks, a lost connection: the batch is retried whole
+        raise _ApplyFailed from exc
+    except Exception as exc:
+        raise _ApplyFailed from exc
+    if fresh:
+        # Key order, as every table of the bulk path: concurrent pushes lock rows in one order.
+        rows = sorted(
+            (_event_row(conn, gateway.id, p.event) for p in fresh), key=lambda r: r["event_id"]
+        )
+        await conn.execute(t.sync_events.insert(), rows)
+        accepted = len(fresh)
+    stored = [p.event.event_id for p in fresh]
+    return await _finish(
+        conn, gateway, items, stored, accepted, duplicates, rejected, previous=found.ack_seq
+    )
 
 
 def _event_id(item: _Parsed | _Refused) -> str:
     return item.event.event_id if isinstance(item, _Parsed) else item.event_id
 
 
-async def _advance(conn: AsyncConnection, gateway_id: str, high: int) -> int:
+async def _advance(
+    conn: AsyncConnection, gateway_id: str, high: int, previous: Any = _UNREAD
+) -> int:
+    """Move the gateway's high-water mark to ``high``; ``previous``: the mark as read earlier in
+    this transaction (``_lookup``), else it is read here."""
     now = utcnow()
-    previous = await conn.scalar(
-        sa.select(t.gateway_sync_state.c.ack_seq).where(
-            t.gateway_sync_state.c.gateway_id == gateway_id
+    if previous is _UNREAD:
+        previous = await conn.scalar(
+            sa.select(t.gateway_sync_state.c.ack_seq).where(
+                t.gateway_sync_state.c.gateway_id == gateway_id
+            )
         )
-    )
     ack_seq = max(high, previous or 0)
     if previous is None:
         await conn.execute(
@@ -679,29 +1189,34 @@ async def _advance(conn: AsyncConnection, gateway_id: str, high: int) -> int:
 
 
 async def store_batch(
-    engine: AsyncEngine, gateway: Gateway, body: Any, hub: ChannelHub | None = None
+    engine: AsyncEngine,
+    gateway: Gateway,
+    body: Any,
+    hub: ChannelHub | None = None,
+    *,
+    bulk: bool = True,
 ) -> PushAck:
     """Store a pushed batch (the JSON body as parsed): 400 for a malformed envelope, 409 for an
     identity conflict, otherwise each event stored, deduplicated or dead-lettered. With ``hub``,
     channel senders and workers with new work (refunds) are woken once it is committed; without,
     their database polls find it."""
     items = _parse(read_envelope(body), body)
-    isolate = False
+    mode = _BULK if bulk and _bulkable(items) else _PLAIN
     races = 0
     while True:
         effects = _Effects()
         try:
             async with engine.begin() as conn:
-                ack = await _store(conn, gateway, items, effects, isolate=isolate)
+                ack = await _store(conn, gateway, items, effects, mode=mode)
             if hub is not None:
                 hub.wake(effects.gateways)
                 if effects.workers:
                     hub.wake_workers()
             return ack
         except _ApplyFailed:
-            if isolate:
+            if mode == _ISOLATED:
                 raise AssertionError("an isolated run never raises _ApplyFailed") from None
-            isolate = True
+            mode = _ISOLATED
         except sa.exc.IntegrityError as exc:
             # A concurrent push of the same events won the race; the retry sees them as known.
             races += 1
