@@ -1180,9 +1180,14 @@ async def _advance(
             )
         )
     elif ack_seq != previous:
+        # Never down: a concurrent push (PostgreSQL, read committed) may have moved the mark
+        # past what this transaction read.
         await conn.execute(
             t.gateway_sync_state.update()
-            .where(t.gateway_sync_state.c.gateway_id == gateway_id)
+            .where(
+                t.gateway_sync_state.c.gateway_id == gateway_id,
+                t.gateway_sync_state.c.ack_seq < ack_seq,
+            )
             .values(ack_seq=ack_seq, updated_at=now)
         )
     return ack_seq
