@@ -43,11 +43,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
+
+from tools.virtual_esp32 import VirtualDevice
+
 KEEPALIVE_S = 30
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 FW = "swarm-1"
+PRICE = 1000
+FIRMWARE_ID = "FWVEND"
 
 
 # --- a minimal MQTT 3.1.1 client ------------------------------------------------------------
@@ -283,6 +289,7 @@ async def _gateway_child(data_dir: Path, port: int, machines_file: Path, seed: b
 
     settings = GatewaySettings(
         data_dir=data_dir, http_port=0, mqtt_port=port, zeroconf_enabled=False,
+        engine_tick_s=0.2, kiosk_orders_per_minute_per_client=1_000_000,
     )  # fmt: skip
     lags: list[float] = []
 
@@ -303,8 +310,9 @@ async def _gateway_child(data_dir: Path, port: int, machines_file: Path, seed: b
 
     threading.Thread(target=read_stdin, daemon=True).start()
     async with Gateway(settings) as gateway:
+        site = json.loads(await asyncio.to_thread(machines_file.read_text))
+        rows, firmware = site["rows"], site.get("firmware")
         if seed:
-            rows = json.loads(await asyncio.to_thread(machines_file.read_text))
             await gateway.store.apply_state(
                 StateResponse(
                     cursor=1,
@@ -330,11 +338,37 @@ async def _gateway_child(data_dir: Path, port: int, machines_file: Path, seed: b
                             version=1,
                         )
                         for mid, secret_hash in rows
-                    ],
+                    ]
+                    + (
+                        [
+                            MachineState(
+                                id=firmware["id"],
+                                tenant_id="bench",
+                                site_id="bench",
+                                name=firmware["id"],
+                                status="active",
+                                mqtt_secret_hash=firmware["hash"],
+                                command_key=firmware["key"],
+                                catalog=[
+                                    CatalogItemState(
+                                        id=f"{firmware['id']}-A1",
+                                        slot="A1",
+                                        name="Water",
+                                        price=PRICE,
+                                        currency="INR",
+                                        quantity=firmware["stock"],
+                                    )
+                                ],
+                                version=1,
+                            )
+                        ]
+                        if firmware
+                        else []
+                    ),
                 )
             )
         tick = asyncio.create_task(ticker())
-        print(json.dumps({"ready": True}), flush=True)
+        print(json.dumps({"ready": True, "http_url": gateway.http_url}), flush=True)
         cpu0 = time.process_time()
         while (command := await lines.get()) != "quit":
             window = sorted(lags)
@@ -360,6 +394,7 @@ class GatewayProcess:
     def __init__(self, data_dir: Path, port: int, machines_file: Path) -> None:
         self.data_dir, self.port, self.machines_file = data_dir, port, machines_file
         self.proc: asyncio.subprocess.Process | None = None
+        self.http_url = ""
 
     async def start(self, seed: bool) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -368,8 +403,10 @@ class GatewayProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         line = await self._line(120)
-        if not json.loads(line).get("ready"):
+        ready = json.loads(line)
+        if not ready.get("ready"):
             raise RuntimeError(f"gateway did not start: {line!r}")
+        self.http_url = str(ready["http_url"])
 
     async def _line(self, limit_s: float) -> str:
         assert self.proc is not None and self.proc.stdout is not None
@@ -470,6 +507,53 @@ class MosquittoProcess:
             self.proc = None
 
 
+# --- a real firmware machine vending during the swarm ------------------------------------------
+
+
+@dataclass
+class Firmware:
+    secret: str
+    key: str
+    stock: int
+    flash: Path
+
+
+async def _vend(http: aiohttp.ClientSession, device: VirtualDevice) -> float:
+    """One cash vend on the firmware machine: order, coin, time until ``completed``."""
+    from contracts.orders import TERMINAL_ORDER_STATUSES, OrderStatus
+
+    body = {
+        "machine_id": FIRMWARE_ID,
+        "items": [{"id": f"{FIRMWARE_ID}-A1", "quantity": 1}],
+        "payment_method": "cash",
+    }
+    async with http.post("/api/v1/orders", json=body) as response:
+        order_id = (await response.json())["data"]["id"]
+    async with http.get(f"/api/v1/orders/{order_id}/events") as stream:
+        started = time.perf_counter()
+        await device.sim("coin", amount=PRICE)
+        async for line in stream.content:
+            if not line.startswith(b"data:"):
+                continue
+            status = json.loads(line[len(b"data:") :])["status"]
+            if status == OrderStatus.COMPLETED:
+                return time.perf_counter() - started
+            if status in TERMINAL_ORDER_STATUSES:
+                raise RuntimeError(f"vend {order_id} ended {status}")
+    raise RuntimeError(f"stream of {order_id} ended early")
+
+
+async def _vends(url: str, device: VirtualDevice, count: int, out: list[float],
+                 errors: list[str]) -> None:  # fmt: skip
+    async with aiohttp.ClientSession(base_url=url) as http:
+        for _ in range(count):
+            try:
+                async with asyncio.timeout(30):
+                    out.append(await _vend(http, device))
+            except Exception as exc:  # a figure, not a crash: count and go on
+                errors.append(repr(exc))
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -497,6 +581,7 @@ async def _wait_all_ready(devices: list[Device], since: float, limit_s: float) -
 async def run_target(
     name: str, target: "GatewayProcess | MosquittoProcess", ids: list[str],
     secrets: list[str | None], interval: float, hold: float, settle_timeout: float,
+    firmware: Firmware | None = None, vends: int = 0,
 ) -> dict[str, object]:  # fmt: skip
     port = target.port
     stats = Stats()
@@ -514,6 +599,23 @@ async def run_target(
     connected = sum(d.ready.is_set() for d in devices)
     refused_first = stats.connack_refused + stats.closed_before_connack
     s_connect = await target.stats()
+    device = None
+    vend_s: list[float] = []
+    vend_errors: list[str] = []
+    vending: asyncio.Task[None] | None = None
+    if firmware is not None and isinstance(target, GatewayProcess):
+        VirtualDevice.install(
+            firmware.flash,
+            {
+                "machine_id": FIRMWARE_ID, "mqtt_host": "127.0.0.1", "mqtt_port": port,
+                "mqtt_password": firmware.secret, "command_key": firmware.key,
+                "sim_slots": {"A1": firmware.stock}, "motor_ms": 0, "drop_timeout_ms": 500,
+            },
+        )  # fmt: skip
+        device = VirtualDevice(firmware.flash)
+        await device.start()
+        await device.wait_online(timeout=60)
+        vending = asyncio.create_task(_vends(target.http_url, device, vends, vend_s, vend_errors))
     # Steady state: every device sends health every interval.
     sent0 = stats.health_sent
     h0 = float(s_connect["health"])  # type: ignore[arg-type]
@@ -521,6 +623,11 @@ async def run_target(
     await asyncio.sleep(hold)
     await asyncio.sleep(min(2.0, interval))  # let what was sent arrive
     s_hold = await target.stats()
+    if vending is not None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(60):
+                await vending
+        vending.cancel()
     sent = stats.health_sent - sent0
     delivered = float(s_hold["health"]) - h0  # type: ignore[arg-type]
     # The storm: the broker restarts, every device reconnects at once.
@@ -539,6 +646,8 @@ async def run_target(
     stop.set()
     await asyncio.gather(*runners, return_exceptions=True)
     swarm_cpu = time.process_time() - swarm_cpu0
+    if device is not None:
+        await device.close()
     await target.stop()
     row = {
         "name": name,
@@ -566,6 +675,8 @@ async def run_target(
         "storm_rss_mb": s_storm["rss_mb"],
         "refused_by_broker": s_storm["refused"],
         "swarm_cpu_s": swarm_cpu,
+        "vend_ms": sorted(1000 * v for v in vend_s),
+        "vend_errors": vend_errors,
     }
     return row
 
@@ -576,6 +687,17 @@ def _fmt_s(value: object) -> str:
 
 def _print(row: dict[str, object]) -> None:
     n = row["devices"]
+    vend_ms = row.get("vend_ms") or []
+    errors = row.get("vend_errors") or []
+    if vend_ms or errors:
+        assert isinstance(vend_ms, list) and isinstance(errors, list)
+        p50 = f"{vend_ms[len(vend_ms) // 2]:.0f} ms" if vend_ms else "-"
+        worst = f"{vend_ms[-1]:.0f} ms" if vend_ms else "-"
+        print(
+            f"{row['name']:<10} vends on the real firmware during the hold: "
+            f"{len(vend_ms)} completed, {len(errors)} failed, p50 {p50}, max {worst}"
+            + (f" (first failure: {errors[0]})" if errors else "")
+        )
     print(
         f"{row['name']:<10} connect: {row['connected']}/{n} ready in {_fmt_s(row['connect_s'])}, "
         f"{row['refused_first']} refused/closed before CONNACK, lag p99 "
@@ -598,7 +720,7 @@ def _print(row: dict[str, object]) -> None:
 
 
 async def run(devices: int, interval: float, hold: float, settle: float, iterations: int,
-              root: Path, floor: bool) -> None:  # fmt: skip
+              root: Path, floor: bool, vends: int) -> None:  # fmt: skip
     ids = [f"SW{i:05d}" for i in range(devices)]
     # One secret and one stored hash for all machines: setting up 1,000 PBKDF2 hashes would
     # take longer than the run, and the gateway still runs one full PBKDF2 check per machine
@@ -608,12 +730,24 @@ async def run(devices: int, interval: float, hold: float, settle: float, iterati
     secret_hash = _hash((secret, iterations))
     hashes = [secret_hash] * devices
     print(f"{devices} machines, PBKDF2 {iterations} iterations; load {os.getloadavg()[0]:.2f}")
+    firmware = None
+    site: dict[str, object] = {"rows": list(zip(ids, hashes, strict=True))}
+    if vends > 0:
+        from contracts.credentials import new_command_key, new_mqtt_secret
+
+        firmware = Firmware(new_mqtt_secret(), new_command_key(), vends + 2, root / "flash")
+        site["firmware"] = {
+            "id": FIRMWARE_ID, "hash": _hash((firmware.secret, iterations)),
+            "key": firmware.key, "stock": firmware.stock,
+        }  # fmt: skip
     machines_file = root / "machines.json"
-    machines_file.write_text(json.dumps(list(zip(ids, hashes, strict=True))))
+    machines_file.write_text(json.dumps(site))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * devices + 256)), hard))
     gateway = GatewayProcess(root / "gateway", _free_port(), machines_file)
-    row = await run_target("gateway", gateway, ids, list(secrets), interval, hold, settle)
+    row = await run_target(
+        "gateway", gateway, ids, list(secrets), interval, hold, settle, firmware, vends
+    )
     _print(row)
     if floor:
         mosq = MosquittoProcess(root, _free_port())
@@ -647,11 +781,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=45.0, help="give up connecting after")
     parser.add_argument("--iterations", type=int, default=100_000, help="PBKDF2 of the secrets")
     parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument(
+        "--vends",
+        type=int,
+        default=5,
+        help="cash vends on a real-firmware machine during the hold (0: none)",
+    )
     parser.add_argument("--quick", action="store_true", help="20 devices, seconds in all")
     args = parser.parse_args(args_list)
     if args.quick:
         args.devices, args.interval, args.hold, args.settle = 20, 1.0, 2.0, 30.0
-        args.iterations = 1000
+        args.iterations, args.vends = 1000, 1
     if args.devices < 1 or args.devices > 60000:
         parser.error("--devices must be between 1 and 60000")
     if shutil.which("mosquitto") is None and not args.no_floor:
@@ -659,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("amqtt").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="swarm-bench-") as tmp:
         asyncio.run(run(args.devices, args.interval, args.hold, args.settle, args.iterations,
-                        Path(tmp), not args.no_floor))  # fmt: skip
+                        Path(tmp), not args.no_floor, args.vends))  # fmt: skip
     return 0
 
 
