@@ -222,29 +222,11 @@ async def _apply_order(
         raise Conflict(f"order {order.id} belongs to another site")
     if current is not None and current.version >= order.version:
         return
-    values = {
-        "tenant_id": gateway.tenant_id,
-        "site_id": gateway.site_id,
-        "machine_id": order.machine_id,
-        "gateway_id": gateway.id,
-        "status": order.status.value,
-        "payment_method": order.payment_method.value,
-        "total_amount": order.total_amount,
-        "paid_amount": order.paid_amount,
-        "currency": order.currency,
-        "payment_id": order.payment_id,
-        "refund_amount": order.refund_amount,
-        "credit_amount": order.credit_amount,
-        "customer_name": order.customer_name,
-        "customer_phone": sealed.seal_phone(conn, order.id, order.customer_phone),
-        "version": order.version,
-        "created_at": order.created_at,
-        "updated_at": order.updated_at,
-        "synced_at": utcnow(),
-    }
+    values = _order_values(conn, gateway, order)
     if current is None:
-        await conn.execute(t.orders.insert().values(id=order.id, **values))
+        await conn.execute(t.orders.insert().values(**values))
     else:
+        del values["id"]
         await conn.execute(t.orders.update().where(t.orders.c.id == order.id).values(**values))
         await conn.execute(t.order_items.delete().where(t.order_items.c.order_id == order.id))
     if order.items:
