@@ -383,13 +383,19 @@ def _method(provider: str) -> str:
 async def _claim(engine: AsyncEngine, policy: RetryPolicy, batch: int) -> list[Any]:
     """Take up to ``batch`` due refunds and lease them, so no other worker sends them meanwhile."""
     now = utcnow()
+    due = sa.and_(
+        t.refunds.c.status.in_(DUE_STATES),
+        sa.or_(t.refunds.c.next_attempt_at.is_(None), t.refunds.c.next_attempt_at <= now),
+    )
+    # A look without a lock first (as the closer does): most rounds find nothing, and on SQLite
+    # a write transaction (BEGIN IMMEDIATE) every round would hold up every other writer.
+    async with engine.connect() as conn:
+        if (await conn.scalar(sa.select(t.refunds.c.id).where(due).limit(1))) is None:
+            return []
     async with engine.begin() as conn:
         query = (
             sa.select(t.refunds)
-            .where(
-                t.refunds.c.status.in_(DUE_STATES),
-                sa.or_(t.refunds.c.next_attempt_at.is_(None), t.refunds.c.next_attempt_at <= now),
-            )
+            .where(due)
             .order_by(t.refunds.c.next_attempt_at, t.refunds.c.created_at)
             .limit(batch)
         )
