@@ -16,7 +16,6 @@ without it, records the unserved refund (the same id the gateway uses, so one re
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -170,52 +169,14 @@ def parse_event(raw: Any) -> _Parsed:
     return _Parsed(event, payload, raw)
 
 
-def _parse(heads: list[tuple[int, str]], body: Any) -> list[_Parsed | _Refused]:
+def _parse(envelope: PushEnvelope, body: Any) -> list[_Parsed | _Refused]:
     items: list[_Parsed | _Refused] = []
-    for (seq, event_id), raw in zip(heads, body["events"], strict=True):
+    for head, raw in zip(envelope.events, body["events"], strict=True):
         try:
             items.append(parse_event(raw))
         except _EventRefused as exc:
-            items.append(_Refused(seq, event_id, raw, exc.refusal))
+            items.append(_Refused(head.seq, head.event_id, raw, exc.refusal))
     return items
-
-
-_EVENT_ID = re.compile(r"[\x21-\x7e]+")
-
-
-def _envelope_heads(body: Any) -> list[tuple[int, str]] | None:
-    """Each event's ``(seq, event_id)`` when the envelope plainly satisfies ``PushEnvelope``
-    (checked here in plain Python, no stricter or looser than the model for what it lets
-    through), else None: then ``read_envelope`` judges it, with the model's own 400."""
-    if type(body) is not dict or len(body) != 1:
-        return None
-    events = body.get("events")
-    if type(events) is not list or not 1 <= len(events) <= MAX_BATCH:
-        return None
-    heads: list[tuple[int, str]] = []
-    for raw in events:
-        if type(raw) is not dict:
-            return None
-        seq = raw.get("seq")
-        event_id = raw.get("event_id")
-        if type(seq) is not int or not 0 < seq <= 2**53:
-            return None
-        if type(event_id) is not str or not 8 <= len(event_id) <= 64:
-            return None
-        if _EVENT_ID.fullmatch(event_id) is None:
-            return None
-        heads.append((seq, event_id))
-    return heads
-
-
-def _read_heads(body: Any) -> list[tuple[int, str]]:
-    """The batch-level check (``read_envelope``), without a second pydantic pass over every
-    event when the envelope is plainly valid."""
-    heads = _envelope_heads(body)
-    if heads is None:
-        envelope = read_envelope(body)
-        heads = [(head.seq, head.event_id) for head in envelope.events]
-    return heads
 
 
 def read_envelope(body: Any) -> PushEnvelope:
@@ -1226,7 +1187,7 @@ async def store_batch(
     identity conflict, otherwise each event stored, deduplicated or dead-lettered. With ``hub``,
     channel senders and workers with new work (refunds) are woken once it is committed; without,
     their database polls find it."""
-    items = _parse(_read_heads(body), body)
+    items = _parse(read_envelope(body), body)
     mode = _BULK if bulk and _bulkable(items) else _PLAIN
     races = 0
     while True:
