@@ -250,33 +250,7 @@ async def _apply_order(
             ],
         )
     if order.status in TERMINAL_ORDER_STATUSES:
-        await _order_ended(conn, gateway, order, effects)
-
-
-async def _order_ended(
-    conn: AsyncConnection, gateway: Gateway, order: OrderSnapshot, effects: _Effects
-) -> None:
-    """The order is over: a QR code still payable for it is to be closed (the closer worker does
-    it), and money already captured for it that the order did not use goes back."""
-    query = sa.select(t.payments).where(
-        t.payments.c.order_id == order.id, t.payments.c.tenant_id == gateway.tenant_id
-    )
-    if conn.dialect.name == "postgresql":
-        # Locked like a capture locks it: whichever of the two commits second sees the other.
-        query = query.with_for_update()
-    for payment in (await conn.execute(query)).all():
-        if payment.status == "created" and payment.close_state is None:
-            await conn.execute(
-                t.payments.update()
-                .where(t.payments.c.id == payment.id, t.payments.c.close_state.is_(None))
-                .values(close_state="pending", updated_at=utcnow())
-            )
-            effects.workers = True
-        elif payment.status == "captured":
-            refund_id, woken = await refund_unserved(conn, payment)
-            if refund_id is not None:
-                effects.gateways.update(woken)
-                effects.workers = True
+        await _orders_ended(conn, gateway, [order.id], effects)
 
 
 async def _check_order(conn: AsyncConnection, gateway: Gateway, order_id: str | None) -> None:
@@ -841,13 +815,16 @@ async def _apply_orders_bulk(
     if items:
         await conn.execute(t.order_items.insert(), items)
     if ended:
-        await _orders_ended_bulk(conn, gateway, sorted(ended), effects)
+        await _orders_ended(conn, gateway, sorted(ended), effects)
 
 
-async def _orders_ended_bulk(
+async def _orders_ended(
     conn: AsyncConnection, gateway: Gateway, order_ids: list[str], effects: _Effects
 ) -> None:
-    """``_order_ended`` for many orders: one query finds their payments (cash orders have none)."""
+    """The orders are over: a QR code still payable for one is to be closed (the closer worker
+    does it), and money already captured for one that the order did not use goes back. One
+    query finds their payments (cash orders have none); on PostgreSQL they are locked like a
+    capture locks them, in id order, so whichever of the two commits second sees the other."""
     query = sa.select(t.payments).where(
         t.payments.c.order_id.in_(order_ids), t.payments.c.tenant_id == gateway.tenant_id
     )
